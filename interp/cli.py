@@ -1,0 +1,160 @@
+"""The `interp` command. This module wires every capability's commands together.
+
+Errors a user can cause (`InterpError`) print as one line and exit 1; usage errors exit 2;
+Ctrl-C exits 130 after the running job has saved what it can.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from interp.errors import InterpError
+
+app = typer.Typer(
+    name="interp",
+    help="Mechanistic interpretability on pretrained transformers: capture, SAEs, probes, TCAV, steering.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
+
+
+@app.command()
+def inspect(
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    all_points: bool = typer.Option(False, "--all", help="list every hook point name instead of one row per kind"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if present)"),
+) -> None:
+    """Show the model's size and its hook points (names and activation shapes)."""
+    import torch
+
+    from interp import HookManager, load_model
+
+    bridge = load_model(model, device=device)
+    hm = HookManager(bridge)
+    cfg = bridge.cfg
+    console.print(
+        f"[bold]{bridge.interp_name}[/]: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads, d_vocab {cfg.d_vocab}, {sum(p.numel() for p in bridge.parameters()) / 1e6:.1f}M parameters"
+    )
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(bridge.to_tokens("Hello world"))
+    shapes = {name: tuple(t.shape[1:]) for name, t in cache.items()}
+    table = Table(title="hook points (shapes per example; pos = sequence position)")
+    table.add_column("name")
+    table.add_column("layers")
+    table.add_column("shape")
+    seen: dict[str, list[int]] = {}
+    for name in hm.hook_points:
+        layer = hm.layer_of(name)
+        key = name if layer is None or all_points else name.replace(f"blocks.{layer}.", "blocks.{L}.", 1)
+        seen.setdefault(key, []).append(layer)
+    n_pos = cache["blocks.0.hook_resid_post"].shape[1] if "blocks.0.hook_resid_post" in cache else None
+
+    def shape_of(key: str) -> str:
+        name = key.replace("{L}", "0")
+        if name not in shapes:
+            return "-"
+        return "(" + ", ".join("pos" if s == n_pos else str(s) for s in shapes[name]) + ")"
+
+    for key, layers in seen.items():
+        span = "" if layers == [None] else (f"0-{cfg.n_layers - 1}" if len(layers) == cfg.n_layers else ",".join(map(str, layers)))
+        table.add_row(key, span, shape_of(key))
+    console.print(table)
+    console.print("Selectors: SITE:LAYERS, e.g. resid_post:all, mlp_out:0-5, resid_pre:-1 "
+                  "(sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out)")
+
+
+@app.command()
+def cache(
+    out: Path = typer.Option(..., "--out", "-o", help="store folder to write (manifest.json + shards)"),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    hooks: str = typer.Option("resid_post:15", "--hooks", help="hook points: names or selectors, ';'-separated"),
+    data: str = typer.Option("builtin", "--data", help="builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"),
+    tokens: int = typer.Option(100_000, "--tokens", help="token activations to store (BOS excluded)"),
+    ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
+    batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
+    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    dtype: str = typer.Option("float32", "--dtype", help="stored dtype: float32, float16 or bfloat16"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="continue an interrupted store at --out"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if present)"),
+) -> None:
+    """Harvest activations at hook points into a memory-mapped store (resumable)."""
+    from interp import load_model
+    from interp.activations import build_store
+    from interp.models import resolve_dtype
+
+    if tokens <= 0:
+        raise InterpError(f"--tokens must be positive, got {tokens}")
+    store_dtype = resolve_dtype(dtype)
+    bridge = load_model(model, device=device)
+    try:
+        store = build_store(bridge, hooks.split(";"), data, tokens, out, ctx_len=ctx_len, batch_size=batch_size,
+                            dtype=store_dtype, text_field=text_field, resume=resume)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: completed shards are kept in {out}; run the same command again to resume")
+        raise
+    console.print(f"stored {store.n_tokens:,} tokens x {len(store.points)} point(s) ({', '.join(store.points)}), d={store.d}, in {out}")
+
+
+_mounted = False
+
+
+def _mount() -> None:
+    global _mounted
+    if _mounted:
+        return
+    _mounted = True
+    try:  # TEMP until all command modules exist
+        from saes.cli import app as sae_app
+        app.add_typer(sae_app, name="sae", help="Train, evaluate and inspect sparse autoencoders.")
+    except ModuleNotFoundError:
+        pass
+    try:
+        from interp.cli_steer import app as steer_app
+        app.add_typer(steer_app, name="steer", help="Build steering vectors and steer generation.")
+    except ModuleNotFoundError:
+        pass
+    try:
+        from probes.cli import register as register_probes
+        register_probes(app)
+    except ModuleNotFoundError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `interp` console script; returns the exit status."""
+    _mount()
+    try:
+        result = app(args=argv, standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except InterpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script wrapper: exit with `main()`'s status."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

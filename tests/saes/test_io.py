@@ -1,0 +1,224 @@
+"""SAE files: our round trip, SAELens interop (both directions), and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from interp import HookManager
+from interp.errors import InterpError
+from saes.architectures import SAEConfig, make_sae
+from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, check_compatible, load_sae, save_sae
+
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
+SAELENS_ARCHS = ("relu", "topk", "batchtopk", "jumprelu")  # top-AFA has no SAELens counterpart
+REPO = Path(__file__).resolve().parents[2]
+SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
+D_IN, D_SAE = 16, 48
+
+
+def random_sae(arch: str, d_in: int = D_IN, d_sae: int = D_SAE, hook: str = "blocks.1.hook_resid_post"):
+    """An SAE with random weights and biases large enough that every code path is exercised."""
+    k = 6 if arch in ("topk", "batchtopk") else None
+    sae = make_sae(SAEConfig(d_in=d_in, d_sae=d_sae, arch=arch, k=k, hook_name=hook, model_name="tiny", hook_layer=1))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.3)
+        if arch == "jumprelu":
+            sae.log_threshold.copy_(torch.rand(d_sae).mul(0.5).add(0.05).log())
+    return sae
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_round_trip_gives_identical_outputs(tmp_path, arch):
+    sae = random_sae(arch)
+    save_sae(sae, tmp_path / arch)
+    loaded = load_sae(tmp_path / arch)
+    x = torch.randn(64, D_IN)
+    assert type(loaded) is type(sae)
+    assert loaded.cfg.to_dict() == sae.cfg.to_dict()
+    z, z2 = sae.encode(x), loaded.encode(x)
+    assert torch.equal(z > 0, z2 > 0)
+    torch.testing.assert_close(z2, z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=1e-6)
+    assert 0 < (z > 0).sum(-1).float().mean() < D_SAE  # sparse, not empty
+
+
+def test_file_layout_is_saelens(tmp_path):
+    sae = random_sae("topk")
+    save_sae(sae, tmp_path)
+    cfg = json.loads((tmp_path / CFG_FILENAME).read_text())
+    assert cfg["architecture"] == "topk" and cfg["k"] == 6
+    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["apply_b_dec_to_input"]) == (D_IN, D_SAE, "float32", True)
+    assert cfg["normalize_activations"] == "none"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert cfg["metadata"]["model_name"] == "tiny"
+    assert cfg["metadata"]["sae_lens_version"].startswith("6.")
+    weights = load_file(str(tmp_path / WEIGHTS_FILENAME))
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {
+        "W_enc": (D_IN, D_SAE), "b_enc": (D_SAE,), "W_dec": (D_SAE, D_IN), "b_dec": (D_IN,)
+    }
+    # BatchTopK goes out as SAELens's inference form: JumpReLU with the shared threshold per latent.
+    save_sae(random_sae("batchtopk"), tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / CFG_FILENAME).read_text())
+    thr = load_file(str(tmp_path / "b" / WEIGHTS_FILENAME))["threshold"]
+    assert cfg["architecture"] == "jumprelu" and cfg["metadata"]["interp"]["arch"] == "batchtopk"
+    assert thr.shape == (D_SAE,) and torch.all(thr == 0.3)
+
+
+def test_missing_files_and_fields_raise(tmp_path):
+    with pytest.raises(InterpError, match="does not exist"):
+        load_sae(tmp_path / "nowhere")
+    tmp_path.joinpath("empty").mkdir()
+    with pytest.raises(InterpError, match="no cfg.json"):
+        load_sae(tmp_path / "empty")
+    save_sae(random_sae("relu"), tmp_path / "s")
+    cfg_path = tmp_path / "s" / CFG_FILENAME
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["d_sae"]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(InterpError, match="lacks the field 'd_sae'"):
+        load_sae(tmp_path / "s")
+    cfg_path.write_text("{not json")
+    with pytest.raises(InterpError, match="not valid JSON"):
+        load_sae(tmp_path / "s")
+    save_sae(random_sae("relu"), tmp_path / "w")
+    (tmp_path / "w" / WEIGHTS_FILENAME).unlink()
+    with pytest.raises(InterpError, match="holds no sae_weights.safetensors"):
+        load_sae(tmp_path / "w")
+
+
+def test_truncated_and_garbled_weights_raise(tmp_path):
+    save_sae(random_sae("topk"), tmp_path)
+    weights = tmp_path / WEIGHTS_FILENAME
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InterpError, match="corrupt or truncated"):
+        load_sae(tmp_path)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(InterpError, match="corrupt or truncated"):
+        load_sae(tmp_path)
+
+
+def test_shape_mismatch_raises(tmp_path):
+    save_sae(random_sae("relu"), tmp_path)
+    tensors = load_file(str(tmp_path / WEIGHTS_FILENAME))
+    tensors["W_dec"] = torch.zeros(D_SAE, D_IN + 1)
+    save_file(tensors, str(tmp_path / WEIGHTS_FILENAME))
+    with pytest.raises(InterpError, match="W_dec.*shape"):
+        load_sae(tmp_path)
+
+
+def test_check_compatible(tiny_model):
+    hm = HookManager(tiny_model)
+    sae = random_sae("topk", d_in=64, hook="blocks.1.hook_resid_post")
+    assert check_compatible(sae, tiny_model) == "blocks.1.hook_resid_post"
+    assert check_compatible(sae, hm, "resid_post:1") == "blocks.1.hook_resid_post"
+    with pytest.raises(InterpError, match="trained on blocks.1.hook_resid_post, not blocks.2.hook_resid_post"):
+        check_compatible(sae, hm, "blocks.2.hook_resid_post")
+    narrow = random_sae("topk", d_in=32, hook="blocks.1.hook_resid_post")
+    with pytest.raises(InterpError, match="d_in 32 but blocks.1.hook_resid_post has width 64"):
+        check_compatible(narrow, hm)
+
+
+# ---------------------------------------------------------------- SAELens interop (separate venv)
+
+SAELENS_SCRIPT = r"""
+import json, sys, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+import torch
+from safetensors.torch import load_file, save_file
+from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig, JumpReLUSAEConfig
+
+root = Path(sys.argv[1])
+x = load_file(str(root / "x.safetensors"))["x"]
+job = json.loads((root / "job.json").read_text())
+out = {}
+# 1) SAEs saved by interp, loaded by SAELens.
+for name in job["ours"]:
+    sae = SAE.load_from_disk(str(root / "ours" / name))
+    with torch.no_grad():
+        out[f"ours.{name}.z"] = sae.encode(x)
+        out[f"ours.{name}.y"] = sae(x)
+    out[f"ours.{name}.arch"] = torch.tensor([ord(c) for c in sae.cfg.architecture()])
+# 2) SAEs made and saved by SAELens with random weights.
+torch.manual_seed(1)
+d_in, d_sae = x.shape[1], job["d_sae"]
+made = {
+    "standard": StandardSAEConfig(d_in=d_in, d_sae=d_sae),
+    "standard_nocentre": StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False),
+    "topk": TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5),
+    "jumprelu": JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae),
+}
+for name, cfg in made.items():
+    cfg.metadata.model_name = "tiny"
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    cfg.metadata.context_size = 64
+    sae = SAE.from_dict(cfg.to_dict())
+    with torch.no_grad():
+        for pname, p in sae.named_parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+        if hasattr(sae, "threshold"):
+            sae.threshold.copy_(torch.rand(d_sae) * 0.3)
+        out[f"theirs.{name}.z"] = sae.encode(x)
+        out[f"theirs.{name}.y"] = sae(x)
+    sae.save_model(str(root / "theirs" / name))
+save_file({k: v.contiguous() for k, v in out.items()}, str(root / "out.safetensors"))
+"""
+
+
+@pytest.fixture(scope="module")
+def saelens_run(tmp_path_factory):
+    """Run SAELens once on our files and have it write its own; returns (root, outputs, our SAEs)."""
+    if not SAELENS_PY.exists():
+        pytest.skip("SAELens venv absent: run bash benchmarks/saelens_env.sh")
+    root = tmp_path_factory.mktemp("saelens")
+    torch.manual_seed(0)
+    x = torch.randn(40, D_IN)
+    ours = {}
+    for arch in SAELENS_ARCHS:
+        ours[arch] = random_sae(arch)
+        save_sae(ours[arch], root / "ours" / arch)
+    save_file({"x": x}, str(root / "x.safetensors"))
+    (root / "job.json").write_text(json.dumps({"ours": list(SAELENS_ARCHS), "d_sae": D_SAE}))
+    proc = subprocess.run([str(SAELENS_PY), "-c", SAELENS_SCRIPT, str(root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, x, load_file(str(root / "out.safetensors")), ours
+
+
+@pytest.mark.parametrize("arch", SAELENS_ARCHS)
+def test_our_file_loads_in_saelens_with_identical_outputs(saelens_run, arch):
+    _, x, out, ours = saelens_run
+    sae = ours[arch]
+    expected_arch = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[arch]
+    assert "".join(map(chr, out[f"ours.{arch}.arch"].tolist())) == expected_arch
+    with torch.no_grad():
+        z, y = sae.encode(x), sae(x)
+    assert (z > 0).any() and not (z > 0).all()
+    torch.testing.assert_close(out[f"ours.{arch}.z"], z, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[f"ours.{arch}.y"], y, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["standard", "standard_nocentre", "topk", "jumprelu"])
+def test_saelens_file_loads_here_with_identical_outputs(saelens_run, name):
+    root, x, out, _ = saelens_run
+    sae = load_sae(root / "theirs" / name)
+    assert sae.cfg.arch == {"standard": "relu", "standard_nocentre": "relu", "topk": "topk", "jumprelu": "jumprelu"}[name]
+    assert sae.cfg.hook_name == "blocks.1.hook_resid_post" and sae.cfg.model_name == "tiny"
+    assert sae.cfg.apply_b_dec_to_input == (name != "standard_nocentre")
+    with torch.no_grad():
+        z, y = sae.encode(x), sae(x)
+    assert (z > 0).any() and not (z > 0).all()
+    torch.testing.assert_close(z, out[f"theirs.{name}.z"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(y, out[f"theirs.{name}.y"], rtol=0, atol=1e-5)
+    if name == "topk":
+        assert sae.cfg.k == 5
