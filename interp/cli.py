@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from interp.errors import InterpError
+
+try:  # recent typer vendors its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     name="interp",
@@ -141,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except InterpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -1,0 +1,36 @@
+"""Model loading."""
+
+import pytest
+import torch
+
+from interp import InterpError, load_model, make_tiny_model
+from interp.models import resolve_dtype
+
+
+def test_tiny_models_load_and_run(tiny_gpt2_dir, tiny_model):
+    gpt2 = load_model(str(tiny_gpt2_dir), device="cpu")
+    for model in (gpt2, tiny_model):
+        assert model.cfg.n_layers == 3 and model.cfg.d_model == 64
+        logits = model(model.to_tokens("the cat sat"))
+        assert logits.shape[-1] == model.cfg.d_vocab and torch.isfinite(logits).all()
+    assert not any(p.requires_grad for p in tiny_model.parameters())
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(InterpError, match="does not exist"):
+        load_model(str(tmp_path / "missing"))
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(InterpError, match="no config.json"):
+        load_model(str(tmp_path / "notamodel"))
+    with pytest.raises(InterpError, match="unknown tiny architecture"):
+        make_tiny_model(tmp_path / "x", arch="mamba")
+    with pytest.raises(InterpError, match="unknown dtype"):
+        resolve_dtype("float12")
+
+
+@pytest.mark.slow
+def test_default_model_answers_paris(smol):
+    assert smol.cfg.n_layers == 30 and smol.cfg.d_model == 576 and smol.cfg.d_vocab == 49152
+    tokens = smol.to_tokens("The capital of France is", prepend_bos=False)
+    next_id = smol(tokens)[0, -1].argmax().item()
+    assert smol.tokenizer.decode([next_id]).strip() == "Paris"
