@@ -20,11 +20,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m interp.corpus fetch
 	touch $@
 
+# The main job: an SAE on SmolLM2's layer-15 residual stream from the built-in corpus
+# (harvest, train, evaluate, feature dashboard). Re-running resumes what is already done.
+DEMO_TOKENS ?= 200000
 demo: setup
 	$(VENV)/bin/interp inspect --model default
-	$(VENV)/bin/interp cache --model default --hooks resid_post:15 --data builtin --tokens 20000 --out $(OUT)/store
+	$(VENV)/bin/interp sae train --model default --layer 15 --arch topk --k 32 --expansion 8 \
+		--tokens $(DEMO_TOKENS) --store $(OUT)/store --out $(OUT)/sae --eval-tokens 4000 --resume
+	$(VENV)/bin/interp sae features $(OUT)/sae --tokens 20000
+	@echo "demo outputs: $(OUT)/sae (SAE + report.html), $(OUT)/sae/dashboard.html"
 
+# The SAELens venv lets the file-format interop tests run (they skip without it).
 test: setup
+	bash benchmarks/saelens_env.sh
 	$(PY) -m pytest -q tests
 
 bench: setup

@@ -193,7 +193,7 @@ def build_store(
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
     text_field: str = "text",
-    shard_contexts: int = 512,
+    shard_contexts: int = 128,
     resume: bool = True,
     progress: bool = True,
 ) -> ActivationStore:

@@ -121,12 +121,12 @@ def _mount() -> None:
     _mounted = True
     try:  # TEMP until all command modules exist
         from saes.cli import app as sae_app
-        app.add_typer(sae_app, name="sae", help="Train, evaluate and inspect sparse autoencoders.")
+        app.add_typer(sae_app, name="sae")
     except ModuleNotFoundError:
         pass
     try:
         from interp.cli_steer import app as steer_app
-        app.add_typer(steer_app, name="steer", help="Build steering vectors and steer generation.")
+        app.add_typer(steer_app, name="steer")
     except ModuleNotFoundError:
         pass
     try:

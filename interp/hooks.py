@@ -324,8 +324,8 @@ class HookManager:
             seq = act.shape[1]
             if "prompt_len" not in state:
                 state["prompt_len"] = gen_start = seq
-            elif seq >= state["prompt_len"]:
-                gen_start = state["prompt_len"]  # no KV cache: the whole sequence again
+            elif seq > state["prompt_len"]:
+                gen_start = state["prompt_len"]  # no KV cache: the whole, longer sequence again
             else:
                 gen_start = 0  # KV cache: only new tokens
             lo, hi = {"all": (0, seq), "prompt": (0, gen_start), "generated": (gen_start, seq)}[positions]

@@ -352,8 +352,9 @@ def scaled_directions(model, vector: SteeringVector, alpha_unit: str = "vector")
     if alpha_unit == "vector":
         return dict(vector.directions)
     missing = [p for p in vector.points if p not in vector.resid_norms]
-    norms = {**vector.resid_norms, **(reference_norms(model, missing) if missing else {})}
-    return {p: v / v.norm().clamp_min(1e-12) * norms[p] for p, v in vector.directions.items()}
+    if missing:  # measured once, then kept on the vector (and saved with it)
+        vector.resid_norms.update(reference_norms(model, missing))
+    return {p: v / v.norm().clamp_min(1e-12) * vector.resid_norms[p] for p, v in vector.directions.items()}
 
 
 @contextmanager

@@ -77,24 +77,18 @@ def read_texts(source: str, text_field: str = "text") -> list[str]:
     return texts
 
 
-def load_labelled_texts(path: str | Path) -> tuple[list[str], list[int]]:
-    """(texts, 0/1 labels) from a `.jsonl` file of `{"text", "label"}` records."""
-    path = Path(path)
-    if not path.is_file():
-        raise InterpError(f"labelled data {path} does not exist: give a .jsonl file of {{\"text\", \"label\": 0|1}} records")
-    texts, labels = [], []
-    for i, ln in enumerate(path.read_text().splitlines(), 1):
-        if not ln.strip():
-            continue
-        try:
-            rec = json.loads(ln)
-            texts.append(str(rec["text"]))
-            labels.append(int(rec["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise InterpError(f"{path} line {i} is not a {{\"text\", \"label\"}} record: fix or remove it") from None
-    if len(set(labels)) < 2:
-        raise InterpError(f"{path} needs both labels 0 and 1 to train a probe")
-    return texts, labels
+def load_labelled_texts(source: str | Path) -> tuple[list[str], list[int]]:
+    """(texts, 0/1 labels) from a labelled file (`.jsonl/.csv/.tsv/.parquet` with text, label) or `builtin:NAME`."""
+    from interp.data import load_labelled
+
+    texts, labels = load_labelled(str(source))
+    try:
+        labels = [int(label) for label in labels]
+    except (TypeError, ValueError):
+        raise InterpError(f"labels in {source} must be 0 or 1 (1 = positive)") from None
+    if set(labels) != {0, 1}:
+        raise InterpError(f"{source} needs both labels 0 and 1 (and no others) to train a sentiment probe")
+    return [str(t) for t in texts], labels
 
 
 # ---------------------------------------------------------------------- scorers
@@ -160,7 +154,7 @@ def fit_sentiment_probe(model, point: str, vector: SteeringVector | None = None,
                         labelled: str | Path | None = None, seed: int = 0) -> ProbeScorer:
     """A `ProbeScorer` trained on `interp/datasets/sentiment.jsonl` (or `labelled`), leaving out every
     text the vector was built from (matched by the text hashes in its metadata)."""
-    texts, labels = load_labelled_texts(labelled or DATA_DIR / "sentiment.jsonl")
+    texts, labels = load_labelled_texts(labelled or "builtin:sentiment")
     used = set(vector.source.get("text_hashes", [])) if vector is not None else set()
     keep = [i for i, t in enumerate(texts) if text_hash(t) not in used]
     if len(keep) < 8:

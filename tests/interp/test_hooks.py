@@ -195,3 +195,16 @@ def test_smollm2_capture_equals_run_with_cache_and_hf(smol):
         hidden = hf(tokens, output_hidden_states=True).hidden_states
     for layer in range(smol.cfg.n_layers - 1):
         assert torch.equal(cap[f"blocks.{layer}.hook_resid_post"], hidden[layer + 1]), layer
+
+
+def test_steer_generated_with_kv_cache_steps_after_one_token_prompt(tiny_model):
+    hm = HookManager(tiny_model)
+    one = tiny_model.to_tokens("the", prepend_bos=False)[:, :1]
+    v = 5 * torch.randn(tiny_model.cfg.d_model)
+    with torch.no_grad():
+        plain = tiny_model(one)
+        with hm.steer(v, 1.0, "blocks.0.hook_resid_post", positions="generated"):
+            prompt = tiny_model(one)  # the 1-token prompt
+            step = tiny_model(one)  # a cached decoding step also sees 1 token: it is generated
+    assert torch.equal(prompt, plain)
+    assert not torch.allclose(step, plain)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +221,29 @@ def test_saelens_file_loads_here_with_identical_outputs(saelens_run, name):
     torch.testing.assert_close(y, out[f"theirs.{name}.y"], rtol=0, atol=1e-5)
     if name == "topk":
         assert sae.cfg.k == 5
+
+
+def test_pre_6_saelens_layout_loads(tmp_path):
+    """Older SAELens configs: flat fields, `hook_point`, `activation_fn_str`, no architecture or metadata."""
+    sae = random_sae("topk")
+    tensors = sae.state_tensors()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / WEIGHTS_FILENAME))
+    (tmp_path / CFG_FILENAME).write_text(json.dumps({
+        "d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32", "device": "cpu", "model_name": "gpt2-small",
+        "hook_point": "blocks.1.hook_resid_post", "hook_point_layer": 1, "context_size": 128,
+        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 6}, "apply_b_dec_to_input": True,
+    }))
+    loaded = load_sae(tmp_path)
+    assert (loaded.cfg.arch, loaded.cfg.k, loaded.cfg.hook_name, loaded.cfg.hook_layer) == ("topk", 6, "blocks.1.hook_resid_post", 1)
+    x = torch.randn(16, D_IN)
+    torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=1e-6)
+
+
+def test_unsupported_saelens_architecture_raises(tmp_path):
+    save_sae(random_sae("relu"), tmp_path)
+    cfg = json.loads((tmp_path / CFG_FILENAME).read_text())
+    del cfg["metadata"]["interp"]
+    cfg["architecture"] = "gated"
+    (tmp_path / CFG_FILENAME).write_text(json.dumps(cfg))
+    with pytest.raises(InterpError, match="SAELens 'gated' SAE, which this project cannot run"):
+        load_sae(tmp_path)

@@ -1,0 +1,181 @@
+"""SAE training throughput: our TopK step vs a dense backward, the matmul ceiling, and SAELens.
+
+All figures come from one run on the same in-memory activations `(batch, d_in)`:
+
+- ours:    `saes.train.Trainer.train_step` (sparse TopK kernels, Adam, unit-norm decoder upkeep)
+- dense:   the same trainer and SAE, but the loss goes through dense `(batch, d_sae)` activations
+           and plain autograd (what the sparse kernels replace)
+- ceiling: this machine's dense matmul rate, measured on the encoder product
+           `(batch, d_in) @ (d_in, d_sae)`; a TopK step with a sparse backward costs about that
+           one product (2 * batch * d_in * d_sae FLOPs) plus O(batch * k * d_in) terms, so
+           tokens/s at that rate is the step's ceiling
+- SAELens: SAELens's `TopKTrainingSAE` trained with the body of its `SAETrainer._train_step`
+           (forward, backward, grad-norm clip, Adam), run by the SAELens venv's python on the same
+           activations (written to a temporary safetensors file). Skipped when the venv is absent.
+
+Usage: python benchmarks/bench_sae_train.py [--device cuda] [--steps 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from saes.architectures import SAE, SAEConfig
+from saes.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
+
+SAELENS_SCRIPT = r"""
+import json, sys, time
+import torch
+from safetensors.torch import load_file
+from sae_lens.saes.sae import TrainStepInput
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+path, steps, k, device, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+torch.set_num_threads(threads)
+batches = [b.to(device) for b in load_file(path).values()]
+d_in = batches[0].shape[1]
+d_sae = int(sys.argv[6])
+sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device=device))
+opt = torch.optim.Adam(sae.parameters(), lr=2e-4, betas=(0.9, 0.999))
+since_fired = torch.zeros(d_sae, device=device)
+
+def step(x):
+    out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=since_fired > 1e9, n_training_steps=0, is_logging_step=False))
+    with torch.no_grad():
+        fired = out.feature_acts.bool().float().sum(-2).bool()
+        since_fired.add_(1)
+        since_fired[fired] = 0
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+
+def sync():
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+step(batches[0]); sync()
+start = time.perf_counter()
+for i in range(steps):
+    step(batches[i % len(batches)])
+sync()
+elapsed = time.perf_counter() - start
+print(json.dumps({"tokens_per_s": steps * batches[0].shape[0] / elapsed}))
+"""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, batches, steps: int, device: torch.device) -> float:
+    """Tokens/s of `step(batch)` over `steps` calls after one warm-up call."""
+    step(batches[0])
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    _sync(device)
+    return steps * batches[0].shape[0] / (time.perf_counter() - start)
+
+
+def matmul_gflops(batch: int, d_in: int, d_sae: int, device: torch.device, repeats: int) -> float:
+    a = torch.randn(batch, d_in, device=device)
+    b = torch.randn(d_in, d_sae, device=device)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * batch * d_in * d_sae * repeats / (time.perf_counter() - start) / 1e9
+
+
+def make_trainer(args, device: torch.device, sample: torch.Tensor) -> Trainer:
+    cfg = SAEConfig(d_in=args.d_in, d_sae=args.d_sae, arch="topk", k=args.k)
+    tcfg = TrainConfig(n_tokens=10**9, batch_size=args.batch, lr=2e-4, device=str(device), seed=0)
+    trainer = Trainer(cfg, tcfg)
+    trainer.initialise(sample)
+    return trainer
+
+
+def run_saelens(batches, args) -> float | None:
+    if not SAELENS_PYTHON.exists():
+        return None
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "acts.safetensors"
+        save_file({f"b{i}": b.cpu().contiguous() for i, b in enumerate(batches)}, str(path))
+        cmd = [str(SAELENS_PYTHON), "-c", SAELENS_SCRIPT, str(path), str(args.steps), str(args.k), args.device, str(args.threads), str(args.d_sae)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"SAELens run failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return float("nan")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["tokens_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--d-in", type=int, default=576)
+    parser.add_argument("--d-sae", type=int, default=4608)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--skip-saelens", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    # activations with a decaying spectrum, like a residual stream, fixed in memory
+    mix = torch.randn(args.d_in, args.d_in) * torch.logspace(0, -1.5, args.d_in)[:, None]
+    batches = [(torch.randn(args.batch, args.d_in) @ mix + 0.5).to(device) for _ in range(2)]
+
+    ours = make_trainer(args, device, batches[0])
+    ours_tps = time_steps(ours.train_step, batches, args.steps, device)
+
+    dense = make_trainer(args, device, batches[0])
+    dense.sae.training_loss = lambda x, **kw: SAE.training_loss(dense.sae, x, **kw)
+    dense_tps = time_steps(dense.train_step, batches, args.steps, device)
+
+    gflops = matmul_gflops(args.batch, args.d_in, args.d_sae, device, repeats=max(3, args.steps))
+    ceiling_tps = gflops * 1e9 / (2 * args.d_in * args.d_sae)
+
+    saelens_tps = None if args.skip_saelens else run_saelens(batches, args)
+
+    rows = [
+        ("ours (sparse TopK backward)", ours_tps, ""),
+        ("dense autograd backward, same SAE", dense_tps, f"ours/dense = {ours_tps / dense_tps:.2f}x"),
+        (f"ceiling: encoder matmul at {gflops:.1f} GFLOP/s", ceiling_tps, f"ours/ceiling = {ours_tps / ceiling_tps:.2f}"),
+    ]
+    if args.skip_saelens:
+        rows.append(("SAELens TopKTrainingSAE", float("nan"), "skipped (--skip-saelens)"))
+    elif saelens_tps is None:
+        rows.append(("SAELens TopKTrainingSAE", float("nan"), f"skipped: no venv at {SAELENS_PYTHON} (create it with `bash benchmarks/saelens_env.sh`)"))
+    else:
+        rows.append(("SAELens TopKTrainingSAE", saelens_tps, f"ours/SAELens = {ours_tps / saelens_tps:.2f}x"))
+
+    print(f"\nSAE training throughput: TopK k={args.k}, d_in={args.d_in}, d_sae={args.d_sae}, batch={args.batch}, "
+          f"device={args.device}, threads={args.threads}, {args.steps} timed steps\n")
+    print(f"{'path':<44}{'tokens/s':>14}  ratio")
+    print("-" * 90)
+    for name, tps, note in rows:
+        print(f"{name:<44}{tps:>14,.0f}  {note}")
+
+
+if __name__ == "__main__":
+    main()

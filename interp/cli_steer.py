@@ -1,0 +1,250 @@
+"""`interp steer build|generate|eval`: make, use and measure steering vectors from the shell.
+
+Mistakes a user can make raise `InterpError`; `interp.cli.main` prints it on one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from interp.errors import InterpError
+
+ALPHA_HELP = (
+    "Steering strength. With --alpha-unit vector (default) the stored vector times alpha is added "
+    "(a mean-difference vector at alpha 1 shifts by the full mean difference); with --alpha-unit norm, "
+    "alpha is in units of the mean residual norm at the hook point (0.5 = half a typical activation)."
+)
+UNIT_HELP = "How to read alpha: vector (multiples of the stored vector) or norm (multiples of the mean residual norm)."
+POSITIONS_HELP = "Where to add the vector: all, prompt (prompt tokens only) or generated (new tokens only)."
+
+app = typer.Typer(
+    help="Steering vectors: build from contrast sets, generate with them, evaluate their effect.\n\n" + ALPHA_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InterpError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InterpError(f"{what} must be a finite number, got {text!r}")
+    return value
+
+
+def _alphas(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise InterpError("--alphas is empty: give a comma list such as -8,-4,0,4,8")
+    return [_number(p, "each of --alphas") for p in parts]
+
+
+def _load(model: str, device: Optional[str]):
+    from interp.models import load_model
+
+    return load_model(model, device=device)
+
+
+def _contrast_texts(positive: str, negative: Optional[str], text_field: str) -> tuple[list[str], list[str]]:
+    from interp.steering_eval import load_builtin_pairs, read_texts
+
+    if positive.startswith("builtin:") or (negative or "").startswith("builtin:"):
+        names = {positive, negative or positive}
+        if names != {"builtin:sentiment"}:
+            raise InterpError(f"unknown built-in contrast set {sorted(names)}: use --positive builtin:sentiment (and no --negative)")
+        return load_builtin_pairs()
+    if negative is None:
+        raise InterpError("--negative is missing: give a file of negative texts (or use --positive builtin:sentiment)")
+    return read_texts(positive, text_field), read_texts(negative, text_field)
+
+
+def _points(model, layer: Optional[str], hook: Optional[str]) -> list[str]:
+    from interp.hooks import HookManager
+
+    if (layer is None) == (hook is None):
+        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hook POINT")
+    hm = HookManager(model)
+    return hm.resolve(f"resid_post:{layer}" if layer is not None else hook)
+
+
+@app.command()
+def build(
+    positive: str = typer.Option(..., help="Positive texts: .txt (one per line), .jsonl (text field), or builtin:sentiment."),
+    negative: Optional[str] = typer.Option(None, help="Negative texts (same formats); omit with builtin:sentiment."),
+    out: Path = typer.Option(..., help="Folder to write vector.safetensors + vector.json into."),
+    model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
+    layer: Optional[str] = typer.Option(None, help="Layer(s) whose resid_post to steer: N, A-B or A,B."),
+    hook: Optional[str] = typer.Option(None, help="Hook point(s) instead of --layer, e.g. blocks.6.hook_resid_post."),
+    method: str = typer.Option("mean-diff", help="mean-diff (CAA) or pca (first PC of paired differences)."),
+    pool: str = typer.Option("mean", help="Token pooling per text: mean (over non-BOS tokens) or last."),
+    text_field: str = typer.Option("text", help="Field holding the text in .jsonl files."),
+    batch_size: int = typer.Option(16, help="Texts per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+) -> None:
+    """Build a steering vector from positive and negative texts."""
+    from interp import steering
+
+    if method not in ("mean-diff", "pca"):
+        raise InterpError(f"unknown --method {method!r}: use mean-diff or pca")
+    pos, neg = _contrast_texts(positive, negative, text_field)
+    lm = _load(model, device)
+    points = _points(lm, layer, hook)
+    builder = steering.mean_diff if method == "mean-diff" else steering.pca_diff
+    vector = builder(lm, pos, neg, points, pool=pool, batch_size=batch_size)
+    vector.params.update({"positive": positive, "negative": negative, "model_spec": model})
+    vector.save(out)
+    norms = ", ".join(f"{p} |v|={n:.3g} (resid {vector.resid_norms.get(p, float('nan')):.3g})" for p, n in vector.norms.items())
+    typer.echo(f"wrote {out}/vector.safetensors and vector.json: {vector.method} from {len(pos)}+{len(neg)} texts; {norms}")
+
+
+def _probe_vector(lm, probe_dir: Path, point: str):
+    from safetensors import SafetensorError, safe_open
+
+    from interp.hooks import HookManager
+    from interp.steering import from_direction
+
+    path = probe_dir / "directions.safetensors"
+    if not path.is_file():
+        raise InterpError(f"{path} is missing: point --probe at a folder written by `interp probe`")
+    name = HookManager(lm).resolve(point)[0]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if name not in keys:
+                raise InterpError(f"{path} has no direction for {name}: it holds {', '.join(keys)}")
+            direction = f.get_tensor(name)
+            model_name = (f.metadata() or {}).get("model")
+    except SafetensorError as exc:
+        raise InterpError(f"{path} is corrupt: rerun `interp probe`") from exc
+    results = probe_dir / "results.json"
+    if model_name is None and results.is_file():
+        try:
+            meta = json.loads(results.read_text())
+        except json.JSONDecodeError:
+            raise InterpError(f"{results} is not valid JSON: rerun `interp probe`") from None
+        model_name = meta.get("model") if isinstance(meta, dict) else None
+    model_name = model_name or lm.interp_name
+    return from_direction(direction.reshape(-1).float(), name, str(model_name), method="probe", probe=str(probe_dir))
+
+
+def _sae_vector(lm, sae_dir: Path, feature: int):
+    from interp.steering import from_sae_feature
+
+    try:
+        from saes.io import load_sae
+    except ImportError as exc:
+        raise InterpError("--sae needs the saes package, which is not importable here: reinstall interp") from exc
+    sae = load_sae(sae_dir)
+    n = int(sae.W_dec.shape[0])
+    if not 0 <= feature < n:
+        raise InterpError(f"--feature {feature} is out of range: the SAE in {sae_dir} has {n} latents (0 to {n - 1})")
+    return from_sae_feature(sae.W_dec[feature].detach().float(), sae.cfg.hook_name, str(sae.cfg.model_name), feature=feature)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., help="Prompt text."),
+    model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
+    vector: Optional[Path] = typer.Option(None, help="Steering vector folder (from `interp steer build`)."),
+    sae: Optional[Path] = typer.Option(None, help="SAE folder; steer along the decoder row of --feature."),
+    feature: Optional[int] = typer.Option(None, help="SAE latent index (with --sae)."),
+    probe: Optional[Path] = typer.Option(None, help="Probe folder (directions.safetensors); steer along --point's direction."),
+    point: Optional[str] = typer.Option(None, help="Hook point of the probe direction (with --probe)."),
+    alpha: str = typer.Option("0", help=ALPHA_HELP),
+    alpha_unit: str = typer.Option("vector", help=UNIT_HELP),
+    max_new_tokens: int = typer.Option(40, help="Tokens to generate."),
+    seed: int = typer.Option(0, help="Random seed (set before each run, so runs are comparable)."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature; 0 is greedy."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
+    top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens."),
+    positions: str = typer.Option("all", help=POSITIONS_HELP),
+    norm_preserve: bool = typer.Option(False, "--norm-preserve", help="Rescale each steered activation to its original norm."),
+    compare: bool = typer.Option(False, "--compare", help="Show the unsteered and steered continuations side by side."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+) -> None:
+    """Generate text, optionally steered by a vector, an SAE feature or a probe direction."""
+    from interp.steering import SteeringVector, generate as steer_generate
+
+    a = _number(alpha, "--alpha")
+    sources = [s for s in (vector, sae, probe) if s is not None]
+    if len(sources) > 1:
+        raise InterpError("give only one of --vector, --sae or --probe")
+    if sae is not None and feature is None:
+        raise InterpError("--sae needs --feature N (the latent to steer along)")
+    if probe is not None and point is None:
+        raise InterpError("--probe needs --point (the hook point whose direction to use)")
+    vec = SteeringVector.load(vector) if vector is not None else None
+    lm = _load(model, device)
+    if sae is not None:
+        vec = _sae_vector(lm, sae, feature)
+    elif probe is not None:
+        vec = _probe_vector(lm, probe, point)
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
+    steered = steer_generate(lm, prompt, vec, a, **kwargs)
+    if not compare:
+        typer.echo(steered)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    baseline = steer_generate(lm, prompt, None, 0.0, **kwargs)
+    table = Table(title=f"{prompt!r} (seed {seed})", show_lines=True)
+    table.add_column("unsteered")
+    table.add_column(f"steered (alpha {a:g}, unit {alpha_unit})")
+    table.add_row(baseline, steered)
+    Console().print(table)
+
+
+@app.command("eval")
+def evaluate(
+    vector: Path = typer.Option(..., help="Steering vector folder (from `interp steer build`)."),
+    out: Path = typer.Option(..., help="Folder for results.json and report.html."),
+    model: str = typer.Option("default", help="Model the vector was built for."),
+    prompts: str = typer.Option("builtin", help="Prompts: builtin (neutral openings) or a .txt/.jsonl file."),
+    alphas: str = typer.Option("-8,-4,0,4,8", help="Comma list of alphas to compare (0 = unsteered)."),
+    alpha_unit: str = typer.Option("vector", help=UNIT_HELP),
+    seeds: int = typer.Option(2, help="Seeds per prompt (the same seeds at every alpha)."),
+    max_new_tokens: int = typer.Option(30, help="Tokens to generate per run."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature; 0 is greedy."),
+    positions: str = typer.Option("all", help=POSITIONS_HELP),
+    norm_preserve: bool = typer.Option(False, "--norm-preserve", help="Rescale each steered activation to its original norm."),
+    labelled: Optional[str] = typer.Option(None, help="Labelled data for the probe scorer: .jsonl/.csv/.tsv/.parquet (text, label 0|1) or builtin:NAME (default: builtin:sentiment)."),
+    probe_point: Optional[str] = typer.Option(None, help="Hook point the probe scorer reads (default: the vector's first point)."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Score with the lexicon only."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+) -> None:
+    """Measure a vector's effect against alpha with scorers independent of it, plus fluency."""
+    from interp.steering import SteeringVector, check_compatible
+    from interp.steering_eval import BUILTIN_PROMPTS, LexiconScorer, evaluate as run_eval, fit_sentiment_probe, read_texts, write_eval_report
+
+    alpha_list = _alphas(alphas)
+    prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)
+    if seeds < 1:
+        raise InterpError(f"--seeds must be at least 1, got {seeds}")
+    vec = SteeringVector.load(vector)
+    lm = _load(model, device)
+    check_compatible(lm, vec)
+    scorers = {"lexicon": LexiconScorer()}
+    probe_info = None
+    if not no_probe:
+        probe = fit_sentiment_probe(lm, probe_point or vec.points[0], vec, labelled)
+        scorers["probe_p_positive"] = probe
+        probe_info = {"point": probe.point, "test_accuracy": probe.test_accuracy_, "n_train": probe.n_train_, "n_test": probe.n_test_}
+        typer.echo(f"probe scorer at {probe.point}: held-out accuracy {probe.test_accuracy_:.3f} ({probe.n_test_} texts)")
+    result = run_eval(lm, vec, prompt_list, alpha_list, scorers, seeds=list(range(seeds)), max_new_tokens=max_new_tokens,
+                      temperature=temperature, positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
+    meta = vec.describe()
+    meta["source"] = {k: v for k, v in meta["source"].items() if k != "text_hashes"}
+    result.update({"vector": meta, "vector_dir": str(vector), "probe": probe_info})
+    write_eval_report(result, out)
+    for row in result["curve"]:
+        typer.echo("  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    typer.echo(f"wrote {out}/results.json and {out}/report.html")

@@ -1,0 +1,142 @@
+"""`interp probe` and `interp tcav`: `register(app)` adds both commands to a typer app."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from interp.errors import InterpError
+
+console = Console()
+
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
+DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
+_INT = re.compile(r"-?\d+")
+TABLE_WIDTH = 110
+
+
+def parse_pool(pool: str) -> str | int:
+    """`last`, `mean`, `max`, or an integer token position."""
+    return int(pool) if _INT.fullmatch(pool.strip()) else pool.strip()
+
+
+def parse_target(target: str) -> str | int:
+    """An integer is an output index (a token id for a language model); anything else a token string."""
+    return int(target) if _INT.fullmatch(target.strip()) else target
+
+
+def read_examples(source: str, what: str, builtin_dir: str = "concepts") -> list[str]:
+    """Examples from `builtin:NAME` (a shipped concept set), a `.txt` file (one per line) or a table file."""
+    from interp.data import builtin_dataset_path, iter_texts
+
+    from probes.tcav import read_lines
+
+    if source.startswith("builtin:"):
+        path = builtin_dataset_path(f"{builtin_dir}/{source.split(':', 1)[1]}.txt")
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise InterpError(f"{what} file {source} does not exist: give a .txt file with one example per line")
+    examples = read_lines(path) if path.suffix in (".txt", "") else list(iter_texts(str(path)))
+    if not examples:
+        raise InterpError(f"{what} file {source} is empty: give at least a few examples, one per line")
+    return examples
+
+
+def _fmt_ci(ci: list[float]) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+def probe(
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option("builtin:sentiment", "--data", help="labelled .jsonl/.csv/.tsv/.parquet file, or builtin:sentiment / builtin:facts"),
+    text_field: str = typer.Option("text", "--text-field", help="column holding the texts"),
+    label_field: str = typer.Option("label", "--label-field", help="column holding the labels"),
+    points: str = typer.Option("resid_post:all", "--points", help="hook points or selectors, e.g. resid_post:all, resid_post:0-5"),
+    pool: str = typer.Option("last", "--pool", help="last, mean, max, or a token position"),
+    out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for results.json, directions.safetensors, report.html"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    test_size: float = typer.Option(0.25, "--test-size", help="fraction of examples held out for testing"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the confidence intervals"),
+    task: Optional[str] = typer.Option(None, "--task", help="classification or regression (default: from the labels)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N examples"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Probe every hook point in one pass; report held-out accuracy, control accuracy and selectivity."""
+    from interp import load_model
+    from interp.data import load_labelled
+
+    from probes.sweep import check_split, infer_task, probe_layers
+
+    texts, labels = load_labelled(data, text_field, label_field)
+    if limit is not None:
+        texts, labels = texts[:limit], labels[:limit]
+    task = task or infer_task(labels)
+    check_split(labels, len(texts), task, test_size)  # before the model loads: bad data fails fast
+    bridge = load_model(model, device=device)
+    result = probe_layers(bridge, texts, labels, points=points, pool=parse_pool(pool), test_size=test_size,
+                          n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, task=task)
+    result.save(out)
+    table = Table(title=f"probe sweep: {len(texts)} examples from {data} ({result.metric}, {result.n_test} held out)")
+    for col in ("point", result.metric, "95% CI", "control", "select.", "select. 95% CI"):
+        table.add_column(col, justify="left" if col == "point" else "right", no_wrap=col == "point")
+    for p in result.points:
+        m = result.metrics[p]
+        table.add_row(p + (" *" if p == result.best_point else ""), f"{m['accuracy']:.3f}", _fmt_ci(m["accuracy_ci"]),
+                      f"{m['control_accuracy']:.3f}", f"{m['selectivity']:.3f}", _fmt_ci(m["selectivity_ci"]))
+    console.print(table, width=max(console.width, TABLE_WIDTH))  # full point names even when piped
+    console.print(f"best: {result.best_point} (*). Wrote {out / 'results.json'}, {out / 'directions.safetensors'}, {out / 'report.html'}", soft_wrap=True)
+
+
+def tcav_command(
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    concept: str = typer.Option(..., "--concept", help="concept examples: .txt file (one per line) or builtin:sports|food|weather"),
+    random: str = typer.Option("builtin", "--random", help="random counterexamples: .txt file (one per line) or builtin"),
+    inputs: str = typer.Option(..., "--inputs", help="inputs of the class to explain: .txt file, one per line"),
+    target: str = typer.Option(..., "--target", help="a single-token string (e.g. ' good') or an integer output index / token id"),
+    points: str = typer.Option("resid_post:all", "--points", help="hook points or selectors"),
+    runs: int = typer.Option(10, "--runs", help="CAVs per point (and as many random-vs-random CAVs)"),
+    out: Path = typer.Option(Path("out/tcav"), "--out", "-o", help="folder for results.json and report.html"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    correction: str = typer.Option("bonferroni", "--correction", help="multiple-testing correction across points: bonferroni or holm"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level after correction"),
+    set_size: Optional[int] = typer.Option(None, "--set-size", help="examples per random set (default: as many as concept examples)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """TCAV: does the concept raise the target? Scores per point with a t-test against random concepts."""
+    from interp import load_model
+
+    from probes.tcav import builtin_random_texts, tcav
+
+    concept_texts = read_examples(concept, "concept")
+    random_texts = builtin_random_texts() if random == "builtin" else read_examples(random, "random")
+    class_texts = read_examples(inputs, "inputs")
+    bridge = load_model(model, device=device)
+    parsed = parse_target(target)
+    name = concept.split(":", 1)[1] if concept.startswith("builtin:") else Path(concept).stem
+    result = tcav(bridge, concept_texts, random_texts, class_texts, parsed, points, n_runs=runs, set_size=set_size,
+                  seed=seed, batch_size=batch_size, correction=correction, alpha=alpha, concept=name)
+    result.save(out)
+    table = Table(title=f"TCAV of '{name}' for target {target!r} ({len(class_texts)} inputs, {runs} runs; "
+                        f"p adj: {correction}; sig: p adj < {alpha})")
+    for col in ("point", "score", "std", "random", "p", "p adj", "sig", "CAV acc"):
+        table.add_column(col, justify="left" if col == "point" else "right", no_wrap=col == "point")
+    for p in result.points:
+        s = result.stats[p]
+        table.add_row(p, f"{s['mean']:.3f}", f"{s['std']:.3f}", f"{s['random_mean']:.3f}", f"{s['p_value']:.2g}",
+                      f"{s['p_value_corrected']:.2g}", "yes" if s["significant"] else "no", f"{s['cav_accuracy_mean']:.3f}")
+    console.print(table, width=max(console.width, TABLE_WIDTH))  # full point names even when piped
+    console.print(f"Wrote {out / 'results.json'}, {out / 'report.html'}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `probe` and `tcav` commands to `app`."""
+    app.command("probe")(probe)
+    app.command("tcav")(tcav_command)

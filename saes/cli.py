@@ -1,0 +1,255 @@
+"""`interp sae train | eval | features`: train an SAE on a hook point, measure it, browse its latents.
+
+Every command prints where its outputs went. Mistakes a user can make raise `InterpError`,
+which `interp.cli.main` prints as one line with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from interp.errors import InterpError
+
+app = typer.Typer(
+    help="Train sparse autoencoders on a hook point, evaluate them (reconstruction, sparsity, "
+    "CE loss recovered), and write feature dashboards. Files use SAELens's layout.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
+DATA_HELP = "builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"
+DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
+
+
+def parse_latents(text: str, d_sae: int) -> list[int]:
+    """Latent indices from `all`, `N`, `A-B` (inclusive) or comma lists of those; ranges are clipped to the SAE."""
+    text = text.strip()
+    if text == "all":
+        return list(range(d_sae))
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if lo > hi or lo < 0:
+                    raise ValueError
+                out.extend(range(lo, min(hi, d_sae - 1) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InterpError(f"bad latent selection {text!r}: use all, N, A-B or a comma list such as 0-99 or 3,17,42") from None
+    bad = [i for i in out if not 0 <= i < d_sae]
+    if bad:
+        raise InterpError(f"latent {bad[0]} is out of range: the SAE has {d_sae} latents (0 to {d_sae - 1})")
+    if not out:
+        raise InterpError(f"the latent selection {text!r} selects nothing: the SAE has {d_sae} latents")
+    return list(dict.fromkeys(out))
+
+
+def _positive(value: int, flag: str) -> None:
+    if value <= 0:
+        raise InterpError(f"{flag} must be positive, got {value}")
+
+
+def _print_metrics(results: dict[str, Any]) -> None:
+    from saes.evaluate import summary_rows
+
+    table = Table(title=f"{results['arch']} SAE, {results['d_sae']} latents, at {results['hook_name']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in summary_rows(results):
+        v = row["value"]
+        table.add_row(row["metric"], f"{v:,}" if isinstance(v, int) else f"{v:.5g}")
+    console.print(table)
+
+
+def _eval_and_report(sae, bridge, data: str, tokens: int, out: Path, ctx_len: int, batch_size: int,
+                     skip_contexts: int, text_field: str) -> dict[str, Any]:
+    from saes.evaluate import evaluate_sae, write_eval_report
+
+    try:
+        results = evaluate_sae(sae, bridge, data, tokens, ctx_len=ctx_len, batch_size=batch_size,
+                               skip_contexts=skip_contexts, text_field=text_field)
+        results["held_out"] = skip_contexts > 0
+    except InterpError:
+        if not skip_contexts:
+            raise
+        # The text ran out past the training tokens: evaluate on the start of it instead.
+        console.print("[yellow]note:[/] the data has no text left after the training tokens; evaluating on text seen in training")
+        results = evaluate_sae(sae, bridge, data, tokens, ctx_len=ctx_len, batch_size=batch_size, text_field=text_field)
+        results["held_out"] = False
+    _print_metrics(results)
+    html_path, json_path = write_eval_report(results, out / "report.html")
+    console.print(f"wrote {html_path} and {json_path}")
+    return results
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the SAE (cfg.json + sae_weights.safetensors), checkpoints and report"),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    hook: Optional[str] = typer.Option(None, "--hook", help="hook point name, e.g. blocks.15.hook_resid_post (overrides --layer/--site)"),
+    layer: Optional[int] = typer.Option(None, "--layer", help="block index (default: the middle layer, 15 on SmolLM2)"),
+    site: str = typer.Option("resid_post", "--site", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out"),
+    arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk, jumprelu or topafa"),
+    k: int = typer.Option(32, "--k", help="active latents per token (topk; mean per token for batchtopk)"),
+    l1: float = typer.Option(5.0, "--l1", help="L1 coefficient (relu)"),
+    l0: float = typer.Option(1.0, "--l0", help="L0 coefficient (jumprelu)"),
+    width: Optional[int] = typer.Option(None, "--width", help="number of latents d_sae (overrides --expansion)"),
+    expansion: int = typer.Option(8, "--expansion", help="d_sae = expansion * d_in"),
+    tokens: int = typer.Option(1_000_000, "--tokens", help="training tokens"),
+    batch_size: int = typer.Option(4096, "--batch-size", help="tokens per training step"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: scaled with width)"),
+    data: str = typer.Option("builtin", "--data", help=DATA_HELP),
+    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
+    store: Optional[Path] = typer.Option(None, "--store", help="activation store to train from (harvested there first if missing); default: stream"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in --out"),
+    eval_tokens: int = typer.Option(10_000, "--eval-tokens", help="tokens for the evaluation after training (0: skip it)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it."""
+    from interp import HookManager, load_model
+    from interp.activations import ActivationStore, build_store, harvest
+    from saes.architectures import SAEConfig
+    from saes.io import point_width
+    from saes.train import TrainConfig, train_sae
+
+    _positive(tokens, "--tokens")
+    _positive(batch_size, "--batch-size")
+    _positive(expansion, "--expansion")
+    if eval_tokens < 0:
+        raise InterpError(f"--eval-tokens must be 0 or positive, got {eval_tokens}")
+    bridge = load_model(model, device=device)
+    hm = HookManager(bridge)
+    if hook is None:
+        hook = f"{site}:{hm.n_layers // 2 if layer is None else layer}"
+    names = hm.resolve(hook)
+    if len(names) != 1:
+        raise InterpError(f"--hook {hook!r} names {len(names)} points: an SAE is trained on one hook point")
+    point = names[0]
+    d_in = point_width(hm, point)
+    cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=width if width is not None else expansion * d_in,
+        arch=arch,
+        k=k if arch in ("topk", "batchtopk") else None,
+        l1_coefficient=l1,
+        l0_coefficient=l0,
+        model_name=bridge.interp_name,
+        hook_name=point,
+        hook_layer=hm.layer_of(point) if hm.layer_of(point) is not None else -1,
+        context_size=ctx_len,
+        dataset=data,
+    )
+    tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    if store is not None:
+        have = ActivationStore(store) if (store / "manifest.json").exists() else None
+        if have is None or point not in have.points or have.n_tokens < tokens:
+            have = build_store(bridge, point, data, tokens, store, ctx_len=ctx_len, text_field=text_field)
+            console.print(f"activations stored in {store}")
+        source: Any = have.batches(point, batch_size=batch_size, shuffle=True, seed=seed)
+        used = have.n_tokens
+    else:
+        used = tokens
+        stream = harvest(bridge, point, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed,
+                         device=tcfg.resolved_device(), text_field=text_field, progress=True)
+        source = (batch[point] for batch in stream)
+    console.print(f"training a {cfg.arch} SAE with {cfg.d_sae} latents on {point} (d_in {d_in}) for {tokens:,} tokens")
+    try:
+        sae = train_sae(source, cfg, tcfg, out, resume=resume)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: a checkpoint is in {out}; run the same command with --resume to continue")
+        raise
+    console.print(f"saved the SAE to {out} (cfg.json, sae_weights.safetensors; loads in SAELens with SAE.load_from_disk)")
+    if eval_tokens:
+        # Training read the first `used` tokens of the data; evaluate on the text after them.
+        held_out = math.ceil(used / (ctx_len - 1))
+        _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, held_out, text_field)
+
+
+def _load_for(sae_dir: Path, model: Optional[str], device: Optional[str]):
+    from interp import load_model
+    from saes.io import load_sae
+
+    sae = load_sae(sae_dir)
+    spec = model or sae.cfg.model_name or "default"
+    try:
+        bridge = load_model(spec, device=device)
+    except InterpError as exc:
+        if model is None:
+            raise InterpError(f"could not load the SAE's model {spec!r} ({exc}); pass --model") from None
+        raise
+    if sae.cfg.model_name and bridge.interp_name != sae.cfg.model_name:
+        console.print(f"[yellow]note:[/] the SAE was trained on {sae.cfg.model_name!r}; running it on {bridge.interp_name!r}")
+    return sae, bridge
+
+
+@app.command("eval")
+def eval_(
+    sae_dir: Path = typer.Argument(..., help="SAE folder (cfg.json + sae_weights.safetensors; ours or SAELens's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: the SAE's model)"),
+    hook: Optional[str] = typer.Option(None, "--hook", help="hook point (default: the one the SAE was trained on)"),
+    data: str = typer.Option("builtin", "--data", help=DATA_HELP),
+    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    tokens: int = typer.Option(10_000, "--tokens", help="evaluation tokens"),
+    skip_tokens: int = typer.Option(0, "--skip-tokens", help="skip this many tokens at the start of the data (e.g. the training tokens)"),
+    ctx_len: Optional[int] = typer.Option(None, "--ctx-len", help="context length (default: the SAE's)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for report.html and results.json (default: the SAE folder)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """Measure an SAE: MSE, variance explained, L0, dead/dense latents, CE loss recovered."""
+    from saes.io import check_compatible
+
+    _positive(tokens, "--tokens")
+    _positive(batch_size, "--batch-size")
+    if skip_tokens < 0:
+        raise InterpError(f"--skip-tokens must be 0 or positive, got {skip_tokens}")
+    sae, bridge = _load_for(sae_dir, model, device)
+    if hook is not None:
+        check_compatible(sae, bridge, hook)
+    ctx = ctx_len or sae.cfg.context_size or 128
+    _eval_and_report(sae, bridge, data, tokens, out or sae_dir, ctx, batch_size, math.ceil(skip_tokens / (ctx - 1)), text_field)
+
+
+@app.command()
+def features(
+    sae_dir: Path = typer.Argument(..., help="SAE folder (cfg.json + sae_weights.safetensors; ours or SAELens's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: the SAE's model)"),
+    hook: Optional[str] = typer.Option(None, "--hook", help="hook point (default: the one the SAE was trained on)"),
+    data: str = typer.Option("builtin", "--data", help=DATA_HELP),
+    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    tokens: int = typer.Option(50_000, "--tokens", help="tokens to scan for top activations"),
+    latents: str = typer.Option("0-99", "--latents", help="latents to show: all, N, A-B or a comma list"),
+    n_top: int = typer.Option(10, "--n-top", help="top contexts per latent"),
+    n_logits: int = typer.Option(10, "--n-logits", help="promoted / suppressed tokens per latent"),
+    ctx_len: Optional[int] = typer.Option(None, "--ctx-len", help="context length (default: the SAE's)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for dashboard.html and features.json (default: the SAE folder)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """Write a feature dashboard: top contexts, density and logit effects per latent."""
+    from saes.features import analyze_features, write_dashboard
+
+    _positive(tokens, "--tokens")
+    _positive(n_top, "--n-top")
+    _positive(n_logits, "--n-logits")
+    sae, bridge = _load_for(sae_dir, model, device)
+    chosen = parse_latents(latents, sae.cfg.d_sae)
+    analysis = analyze_features(sae, bridge, data, tokens, latents=chosen, point=hook, n_top=n_top, n_logits=n_logits,
+                                ctx_len=ctx_len, batch_size=batch_size, text_field=text_field)
+    html_path, json_path = write_dashboard((out or sae_dir) / "dashboard.html", analysis)
+    dead = sum(1 for d in analysis["feature_density"] if d == 0)
+    console.print(f"scanned {analysis['n_tokens']:,} tokens; {dead} of {sae.cfg.d_sae} latents never fired")
+    console.print(f"wrote {html_path} ({len(chosen)} latents) and {json_path}")
