@@ -94,15 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         src = store.tensor(point)  # also the warm read: every shard is now in the page cache
         dst = torch.empty_like(src)
         n_bytes = src.numel() * src.element_size()
+        reread = torch.empty_like(src)
         for shuffle in (False, True):
-            if drain(store.batches(point, args.batch_size, shuffle=shuffle)) != n_bytes:
-                raise SystemExit(f"store.batches(shuffle={shuffle}) did not yield every row once")
+            for reuse in (False, True):
+                if drain(store.batches(point, args.batch_size, shuffle=shuffle, reuse=reuse)) != n_bytes:
+                    raise SystemExit(f"store.batches(shuffle={shuffle}, reuse={reuse}) did not yield every row once")
         cases = {
             "memcpy": lambda: dst.copy_(src),
             "clone": lambda: src.clone(),
             "tensor": lambda: store.tensor(point),
+            "tensor_out": lambda: store.tensor(point, out=reread),
             "batches": lambda: drain(store.batches(point, args.batch_size, shuffle=False)),
             "batches_shuffled": lambda: drain(store.batches(point, args.batch_size, shuffle=True)),
+            "batches_reuse": lambda: drain(store.batches(point, args.batch_size, shuffle=False, reuse=True)),
+            "batches_shuffled_reuse": lambda: drain(store.batches(point, args.batch_size, shuffle=True, reuse=True)),
         }
         t = interleaved(cases, args.repeats)
 
@@ -114,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         "memcpy": "dst.copy_(src), in memory (baseline)",
         "clone": "src.clone(), fresh memory (information)",
         "tensor": "store.tensor(point)",
+        "tensor_out": "store.tensor(point, out=buffer)",
         "batches": f"store.batches(point, {args.batch_size}, shuffle=False)",
         "batches_shuffled": f"store.batches(point, {args.batch_size}, shuffle=True)",
+        "batches_reuse": f"store.batches(point, {args.batch_size}, shuffle=False, reuse=True)",
+        "batches_shuffled_reuse": f"store.batches(point, {args.batch_size}, shuffle=True, reuse=True)",
     }
     rows = []
     lines = []

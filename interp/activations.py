@@ -119,6 +119,10 @@ class ActivationStore:
             raise InterpError(f"{manifest} is corrupt ({exc}): delete the store and harvest it again") from None
 
     @property
+    def dtype(self) -> torch.dtype:
+        return {v: k for k, v in NP_DTYPES.items()}[self.manifest["dtype"]]
+
+    @property
     def n_tokens(self) -> int:
         """Rows written so far (equal to the target once the harvest is complete)."""
         return sum(s["rows"] for s in self.manifest["shards"])
@@ -139,17 +143,39 @@ class ActivationStore:
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(arr) if arr.dtype != np.uint16 else torch.from_numpy(arr).view(torch.bfloat16)
 
-    def tensor(self, point: str) -> torch.Tensor:
-        """All rows of `point` as one in-memory tensor `(n_tokens, d)`."""
-        shards = [self.shard(point, i) for i in range(len(self.manifest["shards"]))]
-        if not shards:
-            return torch.empty(0, self.d)
-        out = torch.empty((self.n_tokens, self.d), dtype=shards[0].dtype)
+    def tensor(self, point: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """All rows of `point` as one in-memory tensor `(n_tokens, d)`.
+
+        `out`, a preallocated `(n_tokens, d)` tensor, is filled instead of new memory (faster
+        when it is read again and again: fresh pages cost more than the copy itself).
+        """
+        dtype = self.dtype
+        if out is None:
+            out = torch.empty((self.n_tokens, self.d), dtype=dtype)
+        elif out.shape != (self.n_tokens, self.d) or out.dtype != dtype:
+            raise InterpError(f"out must be a {dtype} tensor of shape ({self.n_tokens}, {self.d}), got {out.dtype} {tuple(out.shape)}")
         row = 0
-        for s in shards:
-            out[row : row + s.shape[0]].copy_(s)
-            row += s.shape[0]
+        for i, shard in enumerate(self.manifest["shards"]):
+            self._read_into(point, i, out[row : row + shard["rows"]])
+            row += shard["rows"]
         return out
+
+    def _read_into(self, point: str, i: int, out: torch.Tensor) -> None:
+        """Read shard `i` of `point` straight into the contiguous `out` `(rows, d)`.
+
+        A plain read copies from the page cache into `out` once; going through a fresh memory
+        map instead adds a page fault for every 4 KiB of the source.
+        """
+        path = self._dir(point) / self.manifest["shards"][i]["file"]
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(f)
+            if tuple(shape) != tuple(out.shape):
+                raise InterpError(f"{path} holds {tuple(shape)} rows, the manifest says {tuple(out.shape)}: the store is corrupt; harvest it again")
+            view = out.view(torch.uint8).numpy() if out.dtype == torch.bfloat16 else out.numpy()
+            if f.readinto(memoryview(view).cast("B")) != out.numel() * out.element_size():
+                raise InterpError(f"{path} is truncated: the store is corrupt; harvest it again")
 
     def batches(
         self,
@@ -159,11 +185,15 @@ class ActivationStore:
         seed: int = 0,
         epochs: int = 1,
         shards_in_memory: int = 8,
+        reuse: bool = False,
     ) -> Iterator[torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
         """Yield `(batch_size, d)` batches of `point` (or `{point: batch}` for a list of points).
 
         With `shuffle`, shards are visited in a random order `shards_in_memory` at a time and
         their rows permuted together (memory stays bounded); the last batch may be smaller.
+        With `reuse`, buffers kept on the store are refilled for every group (and every call),
+        which avoids paying for fresh memory each time; then a batch is valid only until the
+        next group is loaded (clone it to keep it). The rows and their order are the same either way.
         """
         names = [point] if isinstance(point, str) else list(point)
         for n in names:
@@ -174,13 +204,40 @@ class ActivationStore:
             order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else list(range(n_shards))
             for g in range(0, n_shards, shards_in_memory):
                 group = order[g : g + shards_in_memory]
-                data = {n: torch.cat([self.shard(n, i) for i in group]) for n in names}
+                data = {n: self._load_group(n, group, reuse) for n in names}
                 rows = next(iter(data.values())).shape[0]
-                perm = torch.randperm(rows, generator=gen) if shuffle else None
+                if shuffle:
+                    perm = torch.randperm(rows, generator=gen)
+                    data = {n: self._gather(n, t, perm, reuse) for n, t in data.items()}
                 for start in range(0, rows, batch_size):
-                    idx = slice(start, start + batch_size) if perm is None else perm[start : start + batch_size]
-                    out = {n: t[idx] for n, t in data.items()}
+                    out = {n: t[start : start + batch_size] for n, t in data.items()}
                     yield out[names[0]] if isinstance(point, str) else out
+
+    def _buffer(self, key: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
+        """A `(rows, d)` view of a buffer kept on the store and reused across calls."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(key)
+        if buf is None or buf.shape[0] < rows or buf.dtype != dtype:
+            buf = buffers[key] = torch.empty((rows, self.d), dtype=dtype)
+        return buf[:rows]
+
+    def _gather(self, point: str, data: torch.Tensor, perm: torch.Tensor, reuse: bool) -> torch.Tensor:
+        """`data[perm]`, into a reused buffer when `reuse`."""
+        if not reuse:
+            return data[perm]
+        return torch.index_select(data, 0, perm, out=self._buffer(point + "#shuffled", data.shape[0], data.dtype))
+
+    def _load_group(self, point: str, group: list[int], reuse: bool) -> torch.Tensor:
+        """Shards `group` of `point` concatenated `(rows, d)`, into a reused buffer when `reuse`."""
+        if not reuse:
+            return torch.cat([self.shard(point, i) for i in group])
+        sizes = [self.manifest["shards"][i]["rows"] for i in group]
+        buf = self._buffer(point, sum(sizes), self.dtype)
+        row = 0
+        for i, n in zip(group, sizes):
+            self._read_into(point, i, buf[row : row + n])
+            row += n
+        return buf
 
 
 def build_store(

@@ -96,3 +96,18 @@ def test_store_refuses_other_settings_and_bad_input(tiny_model, corpus, tmp_path
     with pytest.raises(InterpError, match="not an activation store"):
         ActivationStore(tmp_path / "nowhere")
     assert not (tmp_path / "z").exists()
+
+
+def test_reused_buffers_give_the_same_batches_and_corruption_is_caught(tiny_model, corpus, tmp_path):
+    store = build_store(tiny_model, POINTS[:1], corpus, 1000, tmp_path / "s", ctx_len=16, shard_contexts=8, progress=False)
+    p = POINTS[0]
+    for shuffle in (False, True):
+        fresh = [b.clone() for b in store.batches(p, 100, shuffle=shuffle, seed=3, shards_in_memory=2)]
+        reused = [b.clone() for b in store.batches(p, 100, shuffle=shuffle, seed=3, shards_in_memory=2, reuse=True)]
+        assert len(fresh) == len(reused) and all(torch.equal(a, b) for a, b in zip(fresh, reused))
+    buffer = torch.empty(1000, 64)
+    assert torch.equal(store.tensor(p, out=buffer), store.tensor(p)) and store.tensor(p, out=buffer) is buffer
+    shard = tmp_path / "s" / p / "shard_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(InterpError, match="truncated"):
+        store.tensor(p)
