@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp import fastpath
 from interp.atomic import atomic_path, write_json
 from interp.data import fingerprint, token_batches
 from interp.errors import InterpError
@@ -39,9 +40,16 @@ def _model_device(model: Any) -> torch.device:
 def token_activations(
     hm: HookManager, tokens: torch.Tensor, names: Sequence[str], dtype: torch.dtype, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Activations of every non-BOS token of `tokens (batch, ctx)` at `names`: `{name: (batch*(ctx-1), d)}`."""
+    """Activations of every non-BOS token of `tokens (batch, ctx)` at `names`: `{name: (batch*(ctx-1), d)}`.
+
+    Residual-stream points of proven architectures run the plain HuggingFace modules
+    (`interp.fastpath`, bit-identical to the bridge); everything else goes through `hm.collect`.
+    """
     tokens = tokens.to(_model_device(hm.model))
-    acts = hm.collect(tokens, names, positions=slice(1, None), device=device, dtype=dtype)
+    if fastpath.applies(hm, names):
+        acts = fastpath.collect(hm.model, tokens, names, positions=slice(1, None), device=device, dtype=dtype)
+    else:
+        acts = hm.collect(tokens, names, positions=slice(1, None), device=device, dtype=dtype)
     return {name: acts[name].reshape(-1, acts[name].shape[-1]) for name in names}
 
 

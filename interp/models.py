@@ -116,6 +116,17 @@ def model_source(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def model_name(model: object) -> str:
+    """The name artifacts record for a model: `interp_name` from `load_model`, else its class name."""
+    return str(getattr(model, "interp_name", None) or type(model).__name__)
+
+
 def load_model(
     spec: str = "default",
     device: str | torch.device | None = None,

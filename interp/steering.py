@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.models import model_device, model_name
 
 FORMAT = "interp.steering_vector"
 VERSION = 1
@@ -171,10 +172,6 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
 
 
-def _model_name(model) -> str:
-    return str(getattr(model, "interp_name", None) or getattr(getattr(model, "cfg", None), "model_name", "unknown"))
-
-
 def _tokenize(model, text: str) -> torch.Tensor:
     return model.to_tokens(text, prepend_bos=True)[0].cpu()
 
@@ -214,7 +211,7 @@ def pooled_activations(
     norm_sum = {n: 0.0 for n in names}
     norm_count = 0
     for chunk in tqdm(chunks, desc="activations", disable=not progress, leave=False):
-        batch = torch.stack([tokens[i] for i in chunk]).to(next(model.parameters()).device)
+        batch = torch.stack([tokens[i] for i in chunk]).to(model_device(model))
         start = _first_real(tokens[chunk[0]], bos_id)
         acts = hm.collect(batch, names, dtype=torch.float32)
         for n in names:
@@ -258,7 +255,7 @@ def mean_diff(
     acts, norms = pooled_activations(model, list(positive_texts) + list(negative_texts), names, pool, batch_size, progress)
     n = len(positive_texts)
     dirs = {p: a[:n].mean(0) - a[n:].mean(0) for p, a in acts.items()}
-    return SteeringVector(dirs, _model_name(model), "mean_diff", norms, _source(positive_texts, negative_texts),
+    return SteeringVector(dirs, model_name(model), "mean_diff", norms, _source(positive_texts, negative_texts),
                           {"pool": pool, "batch_size": batch_size})
 
 
@@ -292,7 +289,7 @@ def pca_diff(
         if proj < 0:
             pc, proj = -pc, -proj
         dirs[p] = (pc * proj).float()
-    return SteeringVector(dirs, _model_name(model), "pca_diff", norms, _source(positive_texts, negative_texts),
+    return SteeringVector(dirs, model_name(model), "pca_diff", norms, _source(positive_texts, negative_texts),
                           {"pool": pool, "batch_size": batch_size})
 
 
@@ -327,7 +324,7 @@ def from_sae_feature(
 def check_compatible(model, vector: SteeringVector) -> None:
     """Raise InterpError when `vector` was built for another model or another d_model."""
     d_model = int(model.cfg.d_model)
-    name = _model_name(model)
+    name = model_name(model)
     if vector.d_model != d_model:
         raise InterpError(f"the steering vector has d_model {vector.d_model} (built for {vector.model_name}) but "
                           f"{name} has d_model {d_model}: build the vector on this model")
@@ -412,7 +409,7 @@ def generate_ids(
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
         raise InterpError("bad sampling settings: temperature >= 0, 0 < top_p <= 1, top_k >= 1")
     tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt, prepend_bos=True)
-    tokens = tokens.reshape(1, -1).to(next(model.parameters()).device)
+    tokens = tokens.reshape(1, -1).to(model_device(model))
     greedy = temperature == 0
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=1.0 if greedy else temperature,
                   top_k=top_k, top_p=top_p, use_past_kv_cache=True, verbose=False, return_type="tokens")

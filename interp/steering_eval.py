@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
+from interp.models import model_device
 from interp.steering import SteeringVector, generate_ids, pooled_activations, text_hash
 
 DATA_DIR = Path(__file__).parent / "datasets"
@@ -168,7 +169,7 @@ def continuation_loss(model, prompt_ids: torch.Tensor, new_ids: torch.Tensor) ->
         return float("nan")
     tokens = torch.cat([prompt_ids.reshape(-1).cpu(), new_ids.reshape(-1).cpu()]).unsqueeze(0)
     with torch.no_grad():
-        losses = model(tokens.to(next(model.parameters()).device), return_type="loss", loss_per_token=True)
+        losses = model(tokens.to(model_device(model)), return_type="loss", loss_per_token=True)
     return float(losses[0, -new_ids.numel():].mean())
 
 

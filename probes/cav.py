@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from interp.errors import InterpError
 from probes.linear import LinearProbe
-from probes.sweep import as_hook_manager, check_split, model_device, tensor_inputs, tokenize_texts
+from interp.models import model_device
+from probes.sweep import as_hook_manager, check_split, tensor_inputs, tokenize_texts
 
 Target = str | int | Callable[[torch.Tensor], torch.Tensor]
 

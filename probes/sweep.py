@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.models import model_device, model_name
 from interp.reports import html_table, write_report
 from probes.linear import LinearProbe, Pool, pool_activations
 
@@ -36,17 +37,6 @@ DIRECTIONS_FORMAT = "interp.probe_directions"
 def as_hook_manager(model_or_hm: Any) -> HookManager:
     """A `HookManager` for a model (bridge or plain module), or the manager itself."""
     return model_or_hm if isinstance(model_or_hm, HookManager) else HookManager(model_or_hm)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def model_name(model: Any) -> str:
-    """The model's name for artifact metadata."""
-    return str(getattr(model, "interp_name", None) or type(model).__name__)
 
 
 def tokenize_texts(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,8 +296,8 @@ def probe_activations(
 ) -> SweepResult:
     """Probe each point's pooled features `{point: (n, d)}` against `labels` `(n,)`.
 
-    One stratified train/test split shared by every point; the control task permutes the labels
-    once (same split) and trains the same probe on them; bootstrap intervals resample the test
+    One stratified train/test split shared by every point; the control task shuffles the labels
+    once, within the train and within the test side, and trains the same probe on them; bootstrap intervals resample the test
     examples, paired across probe and control so the selectivity interval is honest.
     """
     if not features:
@@ -318,10 +308,14 @@ def probe_activations(
     check_split(labels, n, task, test_size)
     y = np.asarray(labels) if task == "classification" else np.asarray(labels, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    y_control = rng.permutation(y)
     train, test = train_test_split(
         np.arange(n), test_size=test_size, random_state=seed, stratify=y if task == "classification" else None
     )
+    # Shuffle within each side of the split: the control keeps the task's class balance (so the
+    # same chance level) and its training side always holds every class.
+    y_control = y.copy()
+    y_control[train] = rng.permutation(y[train])
+    y_control[test] = rng.permutation(y[test])
     boot = rng.integers(0, len(test), size=(n_bootstrap, len(test)))
     metric = "accuracy" if task == "classification" else "r2"
 

@@ -26,7 +26,8 @@ from interp.data import builtin_dataset_path
 from interp.errors import InterpError
 from interp.reports import html_table, write_report
 from probes.cav import Target, resolve_target, target_gradients, train_cav
-from probes.sweep import as_hook_manager, harvest, model_name
+from interp.models import model_name
+from probes.sweep import as_hook_manager, harvest
 
 Inputs = Sequence[str] | torch.Tensor
 CORRECTIONS = ("bonferroni", "holm")

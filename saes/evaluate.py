@@ -36,6 +36,7 @@ from interp.atomic import write_json
 from interp.data import token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.models import model_device, model_name
 from interp.reports import html_table, write_report
 from saes.architectures import SAE
 from saes.io import check_compatible
@@ -88,10 +89,6 @@ class _Stats:
         }
 
 
-def _model_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 def lm_losses(
     sae: SAE,
     model: Any,
@@ -108,7 +105,7 @@ def lm_losses(
     Losses are means over every predicted token.
     """
     hm = HookManager(model)
-    device = _model_device(model)
+    device = model_device(model)
     sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
     count = 0
     positions = slice(1, None) if keep_bos else None
@@ -180,7 +177,7 @@ def evaluate_sae(
         raise InterpError(f"token count must be positive, got {n_tokens}: pass --tokens N")
     hm = HookManager(model)
     name = check_compatible(sae, hm, point)
-    sae = sae.to(_model_device(model)).eval()
+    sae = sae.to(model_device(model)).eval()
     stats = _Stats(sae.cfg.d_in, sae.cfg.d_sae)
     if isinstance(source_or_store, ActivationStore):
         store = source_or_store
@@ -209,7 +206,7 @@ def evaluate_sae(
         batches = token_batches(model, source_or_store, ctx, batch_size, budget, text_field, skip_contexts)
         lm = lm_losses(sae, model, name, batches, keep_bos, stats, progress, n_tokens)
     results: dict[str, Any] = {
-        "model": getattr(model, "interp_name", type(model).__name__),
+        "model": model_name(model),
         "hook_name": name,
         "arch": sae.cfg.arch,
         "d_in": sae.cfg.d_in,

@@ -25,14 +25,11 @@ from interp.atomic import write_json
 from interp.data import token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.models import model_device, model_name
 from interp.reports import write_report
 from saes.architectures import SAE
 from saes.evaluate import density_figure
 from saes.io import check_compatible
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _latent_index(latents: Sequence[int] | None, d_sae: int) -> torch.Tensor:
@@ -76,7 +73,7 @@ def top_activations(
         raise InterpError(f"token count must be positive, got {n_tokens}: pass --tokens N")
     hm = HookManager(model)
     name = check_compatible(sae, hm, point)
-    device = _device(model)
+    device = model_device(model)
     sae = sae.to(device).eval()
     idx = _latent_index(latents, sae.cfg.d_sae).to(device)
     L, W = idx.numel(), before + 1 + after
@@ -248,7 +245,7 @@ def analyze_features(
             entry["suppressed"] = [[vocab(t), round(float(-v), 5)] for v, t in zip(bottom.values, bottom.indices)]
         out_latents.append(entry)
     return {
-        "model": getattr(model, "interp_name", type(model).__name__),
+        "model": model_name(model),
         "hook_name": scan["hook_name"],
         "arch": sae.cfg.arch,
         "d_sae": sae.cfg.d_sae,

@@ -27,6 +27,7 @@ import torch
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.models import model_device
 from saes.architectures import SAE, SAEConfig, sae_from_tensors
 
 CFG_FILENAME = "cfg.json"
@@ -227,7 +228,7 @@ def point_width(hm: HookManager, point: str) -> int | None:
     first = 0
     if tok is not None:
         first = tok.bos_token_id if tok.bos_token_id is not None else (tok.eos_token_id or 0)
-    device = next(model.parameters()).device
+    device = model_device(model)
     acts = hm.collect(torch.tensor([[first]], device=device), point)
     return int(acts[point].shape[-1])
 

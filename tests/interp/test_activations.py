@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import interp.activations as acts_mod
-from interp import HookManager, InterpError
+from interp import InterpError
 from interp.activations import ActivationStore, build_store, harvest
 from interp.data import token_batches
 

@@ -147,3 +147,15 @@ def test_probe_activations_regression_and_multiclass(tmp_path):
     assert res.metrics["p"]["accuracy"] >= 0.9 and abs(res.metrics["p"]["control_accuracy"] - 1 / 3) <= 0.15
     res.save(tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["classes"] == ["blue", "green", "red"]
+
+
+def test_control_labels_are_a_shuffle_within_each_side_and_tiny_sets_work():
+    from probes import probe_activations
+
+    rng = np.random.default_rng(0)
+    labels = [1, 1, 1, 1, 1, 1, 0, 0]  # a naive global shuffle can leave the control's train side one class
+    feats = {"p": torch.tensor(rng.standard_normal((8, 4)), dtype=torch.float32)}
+    for seed in range(20):
+        res = probe_activations(feats, labels, test_size=0.25, n_bootstrap=20, seed=seed)
+        m = res.metrics["p"]
+        assert m["selectivity"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
