@@ -115,25 +115,18 @@ _mounted = False
 
 
 def _mount() -> None:
+    """Add the SAE, probe and steering commands (imported here so `interp` alone stays light)."""
     global _mounted
     if _mounted:
         return
     _mounted = True
-    try:  # TEMP until all command modules exist
-        from saes.cli import app as sae_app
-        app.add_typer(sae_app, name="sae")
-    except ModuleNotFoundError:
-        pass
-    try:
-        from interp.cli_steer import app as steer_app
-        app.add_typer(steer_app, name="steer")
-    except ModuleNotFoundError:
-        pass
-    try:
-        from probes.cli import register as register_probes
-        register_probes(app)
-    except ModuleNotFoundError:
-        pass
+    from interp.cli_steer import app as steer_app
+    from probes.cli import register as register_probes
+    from saes.cli import app as sae_app
+
+    app.add_typer(sae_app, name="sae")
+    register_probes(app)
+    app.add_typer(steer_app, name="steer")
 
 
 def main(argv: list[str] | None = None) -> int:
