@@ -168,8 +168,8 @@ def _config_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAEConfig:
         raise InterpError(f"{cfg_path} asks for normalize_activations={norm!r}, which this project does not apply: use an SAE with 'none'")
     if cfg.get("reshape_activations", "none") not in ("none", None):
         raise InterpError(f"{cfg_path} is a hook_z SAE (reshape_activations={cfg['reshape_activations']!r}): only flat activations are supported")
-    if cfg.get("rescale_acts_by_decoder_norm"):
-        raise InterpError(f"{cfg_path} sets rescale_acts_by_decoder_norm, which this project does not support: fold the decoder norms first")
+    if cfg.get("rescale_acts_by_decoder_norm") and arch != "topk":
+        raise InterpError(f"{cfg_path} sets rescale_acts_by_decoder_norm on a {arch_name!r} SAE, which this project does not support: fold the decoder norms first")
     k = None
     if arch in ("topk", "batchtopk"):
         k = int(_require(cfg, "k", cfg_path))
@@ -210,6 +210,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device | None = None) 
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         if name not in tensors:
             raise InterpError(f"{path / WEIGHTS_FILENAME} lacks the tensor {name!r} (has {', '.join(sorted(tensors))}): save the SAE again")
+    if raw.get("rescale_acts_by_decoder_norm"):
+        tensors = _fold_decoder_norms(tensors)
     try:
         sae = sae_from_tensors(cfg, tensors)
     except InterpError as exc:
@@ -217,6 +219,17 @@ def load_sae(path: str | os.PathLike, device: str | torch.device | None = None) 
     if device is not None:
         sae = sae.to(device)
     return sae.eval()
+
+
+def _fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Make a TopK SAE that rescales its activations by decoder-row norms into a plain one.
+
+    SAELens then encodes `topk(pre * n)` and decodes `(z / n) @ W_dec` with `n = ||W_dec rows||`;
+    scaling encoder columns by `n` and decoder rows by `1 / n` gives the same outputs exactly.
+    """
+    norms = tensors["W_dec"].norm(dim=-1)
+    return {**tensors, "W_enc": tensors["W_enc"] * norms, "b_enc": tensors["b_enc"] * norms,
+            "W_dec": tensors["W_dec"] / norms[:, None]}
 
 
 def point_width(hm: HookManager, point: str) -> int | None:

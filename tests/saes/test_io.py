@@ -156,6 +156,7 @@ made = {
     "standard": StandardSAEConfig(d_in=d_in, d_sae=d_sae),
     "standard_nocentre": StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False),
     "topk": TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5),
+    "topk_rescaled": TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=5, rescale_acts_by_decoder_norm=True),
     "jumprelu": JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae),
 }
 for name, cfg in made.items():
@@ -207,11 +208,11 @@ def test_our_file_loads_in_saelens_with_identical_outputs(saelens_run, arch):
     torch.testing.assert_close(out[f"ours.{arch}.y"], y, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["standard", "standard_nocentre", "topk", "jumprelu"])
+@pytest.mark.parametrize("name", ["standard", "standard_nocentre", "topk", "topk_rescaled", "jumprelu"])
 def test_saelens_file_loads_here_with_identical_outputs(saelens_run, name):
     root, x, out, _ = saelens_run
     sae = load_sae(root / "theirs" / name)
-    assert sae.cfg.arch == {"standard": "relu", "standard_nocentre": "relu", "topk": "topk", "jumprelu": "jumprelu"}[name]
+    assert sae.cfg.arch == {"standard": "relu", "standard_nocentre": "relu", "topk": "topk", "topk_rescaled": "topk", "jumprelu": "jumprelu"}[name]
     assert sae.cfg.hook_name == "blocks.1.hook_resid_post" and sae.cfg.model_name == "tiny"
     assert sae.cfg.apply_b_dec_to_input == (name != "standard_nocentre")
     with torch.no_grad():
@@ -219,7 +220,7 @@ def test_saelens_file_loads_here_with_identical_outputs(saelens_run, name):
     assert (z > 0).any() and not (z > 0).all()
     torch.testing.assert_close(z, out[f"theirs.{name}.z"], rtol=0, atol=1e-5)
     torch.testing.assert_close(y, out[f"theirs.{name}.y"], rtol=0, atol=1e-5)
-    if name == "topk":
+    if name.startswith("topk"):
         assert sae.cfg.k == 5
 
 
