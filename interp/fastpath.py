@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from interp.errors import InterpError
 from interp.hooks import HookManager, Positions, _select
 
 # A model type joins only together with a test proving torch.equal against run_with_cache.
@@ -47,13 +48,21 @@ class _Stop(Exception):
     """Ends the plain forward once every requested point is captured."""
 
 
+class _Unsupported(Exception):
+    """The bridge's tensors do not map one to one onto a plain HuggingFace model."""
+
+
 @dataclass
 class _Plain:
-    """A plain HuggingFace model sharing the bridge's tensors, and what keeps it valid."""
+    """A plain HuggingFace model sharing the bridge's tensors, and what keeps it valid.
+
+    `links` pairs each plain tensor slot `(module._parameters or _buffers, key)` with the bridge
+    slot it was taken from; `watched` are the modules whose hooks send a harvest to the bridge.
+    """
 
     model: nn.Module
-    links: list[tuple[dict, str, dict, str]] = field(default_factory=list)
-    watched: list[nn.Module] = field(default_factory=list)
+    links: list[tuple[dict, str, dict, str]]
+    watched: list[nn.Module]
 
     def fresh(self) -> bool:
         """True while every plain tensor is still the very tensor object the bridge holds."""
@@ -81,6 +90,7 @@ def _bridge_ok(bridge: Any) -> bool:
 
 def _build(bridge: Any) -> _Plain:
     """A plain HuggingFace model whose parameters and buffers are the bridge's own tensors."""
+    from transformer_lens.hook_points import HookPoint
     from transformers import AutoModelForCausalLM
 
     hf = bridge.original_model
@@ -102,16 +112,31 @@ def _build(bridge: Any) -> _Plain:
                 if store[key] is None:
                     continue
                 if _strip(name) not in sources:
-                    raise RuntimeError(f"no bridge tensor for plain {name}")
+                    raise _Unsupported(name)
                 theirs, src_key = sources[_strip(name)]
+                if theirs[src_key].shape != store[key].shape:
+                    raise _Unsupported(name)
                 store[key] = theirs[src_key]
                 links.append((store, key, theirs, src_key))
-    from transformer_lens.hook_points import HookPoint
-
-    # Users read and write through HookPoints (TransformerLens and HookManager alike); the hooks
-    # that transformers and the bridge install on other modules for their own bookkeeping stay.
+    # Users read and write through HookPoints (TransformerLens and HookManager alike). Other
+    # modules carry hooks that transformers and the bridge keep for their own bookkeeping.
     watched = [bridge, *(m for m in bridge.modules() if isinstance(m, HookPoint))]
     return _Plain(plain, links, watched)
+
+
+def _cached(bridge: Any) -> _Plain | None:
+    """The plain twin kept on the bridge (built, or rebuilt when stale); None if there is none."""
+    cached = bridge.__dict__.get(_CACHE_ATTR)
+    if cached is False:
+        return None
+    if cached is None or not cached.fresh():
+        try:
+            cached = _build(bridge)
+        except _Unsupported:
+            cached = False
+        # In __dict__, not as a submodule: the bridge's parameters, state_dict and .to() stay as they were.
+        bridge.__dict__[_CACHE_ATTR] = cached
+    return cached or None
 
 
 def plain_model(bridge: Any) -> nn.Module:
@@ -120,10 +145,11 @@ def plain_model(bridge: Any) -> nn.Module:
     Its parameters are the bridge's `Parameter` objects themselves (same `data_ptr`), so it adds
     no memory; it is rebuilt when the bridge's tensors are replaced.
     """
-    cached = bridge.__dict__.get(_CACHE_ATTR)
-    if cached is None or not cached.fresh():
-        cached = _build(bridge)
-        bridge.__dict__[_CACHE_ATTR] = cached
+    if not _bridge_ok(bridge) or (cached := _cached(bridge)) is None:
+        raise InterpError(
+            f"{getattr(bridge, 'interp_name', type(bridge).__name__)} has no plain HuggingFace fast path "
+            f"(it serves {', '.join(sorted(PROVEN_MODEL_TYPES))} bridges in their default state): use HookManager.collect"
+        )
     return cached.model
 
 
@@ -148,8 +174,8 @@ def applies(hm: HookManager, names: Sequence[str]) -> bool:
     bridge = hm.model
     if not _bridge_ok(bridge):
         return False
-    plain_model(bridge)
-    return not _hooked(bridge.__dict__[_CACHE_ATTR].watched)
+    cached = _cached(bridge)
+    return cached is not None and not _hooked(cached.watched)
 
 
 def collect(

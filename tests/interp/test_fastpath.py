@@ -8,6 +8,7 @@ from torch import nn
 
 from interp import HookManager, load_model
 from interp import fastpath
+from interp.errors import InterpError
 from interp.activations import token_activations
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -36,6 +37,12 @@ def test_every_site_equals_run_with_cache(tiny_model):
     hm = HookManager(tiny_model)
     assert fastpath.applies(hm, _all_names(tiny_model))
     _assert_equal_to_run_with_cache(tiny_model, _tokens(tiny_model))
+
+
+def test_half_precision_bridge_is_matched_too(tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), device="cpu", dtype=torch.bfloat16)
+    assert fastpath.plain_model(model).model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    _assert_equal_to_run_with_cache(model, _tokens(model))
 
 
 def test_one_point_at_a_time_with_early_stop(tiny_model):
@@ -112,6 +119,8 @@ def test_falls_back_when_the_bridge_path_is_needed(tiny_model, tiny_gpt2_dir):
 
     gpt2 = HookManager(load_model(str(tiny_gpt2_dir), device="cpu"))
     assert not fastpath.applies(gpt2, [point])
+    with pytest.raises(InterpError, match="no plain HuggingFace fast path"):
+        fastpath.plain_model(gpt2.model)
     assert not fastpath.applies(HookManager(nn.Sequential(nn.Linear(4, 4))), ["0"])
 
 
