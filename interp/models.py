@@ -93,6 +93,9 @@ def default_model_dir() -> Path:
         plain.load_state_dict(quantized.state_dict())
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the cache is a normal folder
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
