@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from interp.atomic import current_umask
 from interp.errors import InterpError
 
 DEFAULT_ALIASES = ("default", "smollm2-135m")
@@ -93,9 +94,7 @@ def default_model_dir() -> Path:
         plain.load_state_dict(quantized.state_dict())
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the cache is a normal folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the cache is a normal folder
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
