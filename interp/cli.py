@@ -52,8 +52,14 @@ def inspect(
         f"{cfg.n_heads} heads, d_vocab {cfg.d_vocab}, {sum(p.numel() for p in bridge.parameters()) / 1e6:.1f}M parameters"
     )
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(bridge.to_tokens("Hello world"))
-    shapes = {name: tuple(t.shape[1:]) for name, t in cache.items()}
+        # Two lengths: the dimensions that change with the input length are positions.
+        tokens = bridge.to_tokens("Hello world")
+        _, short = bridge.run_with_cache(tokens)
+        _, longer = bridge.run_with_cache(torch.cat([tokens, tokens[:, -1:]], dim=1))
+    shapes = {
+        name: tuple("pos" if a != b else str(a) for a, b in zip(t.shape[1:], longer[name].shape[1:]))
+        for name, t in short.items()
+    }
     table = Table(title="hook points (shapes per example; pos = sequence position)")
     table.add_column("name")
     table.add_column("layers")
@@ -63,13 +69,12 @@ def inspect(
         layer = hm.layer_of(name)
         key = name if layer is None or all_points else name.replace(f"blocks.{layer}.", "blocks.{L}.", 1)
         seen.setdefault(key, []).append(layer)
-    n_pos = cache["blocks.0.hook_resid_post"].shape[1] if "blocks.0.hook_resid_post" in cache else None
 
     def shape_of(key: str) -> str:
         name = key.replace("{L}", "0")
         if name not in shapes:
             return "-"
-        return "(" + ", ".join("pos" if s == n_pos else str(s) for s in shapes[name]) + ")"
+        return "(" + ", ".join(shapes[name]) + ")"
 
     for key, layers in seen.items():
         span = "" if layers == [None] else (f"0-{cfg.n_layers - 1}" if len(layers) == cfg.n_layers else ",".join(map(str, layers)))
