@@ -303,9 +303,11 @@ def build_store(
                 f"the store at {out} was made with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in differs)}): "
                 "choose another --out or delete it"
             )
-        # A short last shard (the end of an earlier, smaller target) is redone whole.
-        full_rows = shard_contexts * (ctx_len - 1)
-        shards = [s for s in have["shards"] if s["rows"] == full_rows]
+        shards = have["shards"]
+        if sum(s["rows"] for s in shards) < n_tokens:
+            # A short last shard (the end of an earlier, smaller target) is redone whole.
+            full_rows = shard_contexts * (ctx_len - 1)
+            shards = [s for s in shards if s["rows"] == full_rows]
     else:
         shards = []
     manifest = {**wanted, "shards": shards}

@@ -83,6 +83,11 @@ def test_store_interrupted_then_resumed_equals_one_go(tiny_model, corpus, tmp_pa
     assert small.n_tokens == 500
     extended = build_store(tiny_model, POINTS, corpus, 1500, tmp_path / "c", **kw)
     assert torch.equal(extended.tensor(POINTS[1]), one_go.tensor(POINTS[1]))
+    # Opening a finished store again harvests nothing.
+    monkeypatch.setattr(acts_mod, "token_activations", interrupted)
+    calls.clear()
+    again = build_store(tiny_model, POINTS, corpus, 1500, tmp_path / "c", **kw)
+    assert calls == [] and torch.equal(again.tensor(POINTS[0]), one_go.tensor(POINTS[0]))
 
 
 def test_store_refuses_other_settings_and_bad_input(tiny_model, corpus, tmp_path):
