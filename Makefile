@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 OUT ?= out/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-quality clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,13 @@ test: setup
 	bash benchmarks/saelens_env.sh
 	$(PY) -m pytest -q tests
 
+# Speed ratios (a few minutes each); the SAE quality comparison with SAELens takes ~40 min on its own.
 bench: setup
-	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+	for f in $(filter-out benchmarks/bench_sae_quality.py,$(wildcard benchmarks/bench_*.py)); do $(PY) $$f || exit 1; done
+
+bench-quality: setup
+	bash benchmarks/saelens_env.sh
+	$(PY) benchmarks/bench_sae_quality.py
 
 clean:
 	rm -rf $(VENV) out
