@@ -108,7 +108,7 @@ def test_jumprelu_straight_through_threshold_gradients():
     cfg = SAEConfig(d_in=4, d_sae=3, arch="jumprelu", jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.5)
     sae = make_sae(cfg)
     pre = torch.tensor([[0.52, 0.3, 0.46], [0.9, 0.56, 0.2]])
-    theta = sae.threshold
+    assert torch.allclose(sae.threshold, torch.full((3,), 0.5))
     z = sae.train_activate(pre, None)
     assert torch.equal(z, pre * (pre > 0.5))
     z.sum().backward()
