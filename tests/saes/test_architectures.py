@@ -11,15 +11,6 @@ from saes.sparse import gather_dot, gather_sum, scatter_sum, sparse_decode, topk
 from saes.train import TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are small: one thread avoids thread-pool overhead on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sae(arch, d_in=32, d_sae=128, k=6, seed=0, **kw):
     torch.manual_seed(seed)
     sae = make_sae(SAEConfig(d_in=d_in, d_sae=d_sae, arch=arch, k=k if arch in ("topk", "batchtopk") else None, **kw))

@@ -15,15 +15,6 @@ from saes.io import load_sae
 from saes.train import TrainConfig, Trainer, train_sae, train_saes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are small: one thread avoids thread-pool overhead on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dictionary(n_features=2000, d=256, seed=0):
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(n_features, d, generator=g)
