@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.hooks import HookManager, Positions, _select
+from interp.hooks import HookManager, Positions, StopForward, select_positions
 
 # A model type joins only together with a test proving torch.equal against run_with_cache.
 PROVEN_MODEL_TYPES = frozenset({"llama"})
@@ -42,10 +42,6 @@ _NAME_RE = re.compile(rf"^blocks\.(\d+)\.hook_({'|'.join(FAST_SITES)})$")
 _CACHE_ATTR = "_interp_plain"
 # Config flags under which the bridge computes attention differently from HuggingFace.
 _BRIDGE_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_attn_result")
-
-
-class _Stop(Exception):
-    """Ends the plain forward once every requested point is captured."""
 
 
 class _Unsupported(Exception):
@@ -197,9 +193,9 @@ def collect(
     want = len(set(names))
 
     def keep(name: str, act: torch.Tensor) -> None:
-        store[name] = _select(act, positions).detach().to(device=device, dtype=dtype)
+        store[name] = select_positions(act, positions).detach().to(device=device, dtype=dtype)
         if len(store) == want:
-            raise _Stop
+            raise StopForward
 
     def first(output: Any) -> torch.Tensor:
         return output[0] if isinstance(output, (tuple, list)) else output
@@ -220,7 +216,7 @@ def collect(
         with torch.no_grad():
             try:
                 plain.model(input_ids=tokens, use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         for handle in handles:

@@ -42,7 +42,8 @@ class Capture(dict):
     """Activations captured during the `with` block, by point name: `(batch, pos, d)` tensors."""
 
 
-def _select(act: torch.Tensor, positions: Positions) -> torch.Tensor:
+def select_positions(act: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """`act (batch, pos, d)` at `positions` (None: all; an int drops the position axis)."""
     if positions is None:
         return act
     if isinstance(positions, (int, slice)):
@@ -204,7 +205,7 @@ class HookManager:
 
         def make(name: str):
             def record(act: torch.Tensor) -> None:
-                store[name] = _select(act, positions).detach().to(device=device, dtype=dtype)
+                store[name] = select_positions(act, positions).detach().to(device=device, dtype=dtype)
                 seen.add(name)
                 if stop_early and len(seen) == len(names):
                     raise StopForward
