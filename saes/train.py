@@ -159,8 +159,9 @@ class Trainer:
             sae.W_enc.copy_(sae.W_dec.t())
         sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
 
+    @torch.enable_grad()
     def train_step(self, x: torch.Tensor) -> None:
-        """One Adam step on a batch `(n, d_in)` of raw activations."""
+        """One Adam step on a batch `(n, d_in)` of raw activations (autograd on, whatever the caller's grad mode)."""
         x = self.check(x) * self.scale
         sae = self.sae
         dead = self.since_fired >= self.dead_after
