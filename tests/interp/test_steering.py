@@ -352,17 +352,3 @@ def test_errors_through_interp_main_are_one_line(tiny_llama_dir, tmp_path, capsy
     assert main([*base, "--alpha", "lots"]) == 1
     err = capsys.readouterr().err
     assert err == "error: --alpha must be a number, got 'lots'\n"
-
-
-# ------------------------------------------------------------------------ slow
-@pytest.mark.slow
-def test_sentiment_vector_moves_heldout_scorer_on_smollm2(smol):
-    """Shipped pairs -> mean-diff vector at layer 9; scored by the lexicon on prompts not used to build it."""
-    pos, neg = se.load_builtin_pairs()
-    vector = st.mean_diff(smol, pos, neg, "blocks.9.hook_resid_post", pool="mean", progress=False)
-    res = se.evaluate(smol, vector, se.BUILTIN_PROMPTS[:6], alphas=[-0.5, 0.0, 0.5], seeds=[0], max_new_tokens=20,
-                      alpha_unit="norm", progress=False)
-    lex = {r["alpha"]: r["lexicon"] for r in res["curve"]}
-    print("SmolLM2 layer 9 lexicon by alpha (norm units):", lex, "fluency loss:", [round(r["fluency_loss"], 3) for r in res["curve"]])
-    assert lex[0.5] > lex[0.0] + 0.5
-    assert lex[-0.5] < lex[0.0] - 0.5
