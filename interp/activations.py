@@ -1,22 +1,27 @@
 """Activation harvesting: stream shuffled batches, or write a sharded memory-mapped store.
 
-Rows are the activations of individual tokens at a hook point, `(n_tokens, d)`; BOS positions
-are left out (their activations are outliers that carry no text). Several points are harvested
-from one forward pass, which stops after the deepest point.
+Rows are the activations of individual tokens at a hook point, `(n_tokens, width)`; BOS
+positions are left out (their activations are outliers that carry no text). Several points are
+harvested from one forward pass, which stops after the deepest point. A point's activation must
+be `(batch, pos, *shape)`: each token's `shape` (e.g. `(d_model,)`, or `(heads, d_head)`) is
+flattened into one row of `width = prod(shape)`, so row i of every point is the same token.
 
 Store layout (a folder):
-    manifest.json                 what made it: model, points, dtype, d, ctx_len, token counts,
-                                  data fingerprint, completed shards
-    <point>/shard_00000.npy ...   float rows `(rows, d)`, one file per shard, memory-mapped on read
+    manifest.json                 what made it: the artifact schema (`interp.manifest`: model,
+                                  points, widths, data_fingerprint, ctx_len), the per-token shapes,
+                                  dtype, token target, text field, completed shards
+    <point>/shard_00000.npy ...   float rows `(rows, width)`, one file per shard, memory-mapped on read
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +29,13 @@ from tqdm.auto import tqdm
 
 from interp import fastpath
 from interp.atomic import atomic_path, write_json
-from interp.data import fingerprint, token_batches
+from interp.data import bos_id, fingerprint, token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
-from interp.models import resolve_device
+from interp.manifest import differences, make_manifest
+from interp.models import model_device, model_name, resolve_device
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: `widths` and `shapes` per point (version 1 had one `d` for all points)
 NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -53,6 +59,80 @@ def token_activations(
     return {name: acts[name].reshape(-1, acts[name].shape[-1]) for name in names}
 
 
+def point_shapes(model_or_hm: Any, points: str | Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The per-token activation shape at each point: `{point: shape}`, e.g. `(d_model,)` or `(heads, d_head)`.
+
+    Two tiny forward passes (2 contexts of 2, then of 3 tokens) tell the axes apart: a point is
+    usable when its activation is `(batch, pos, *shape)` with only `pos` following the input
+    length. Anything else (an attention pattern `(batch, heads, pos, pos)`, a rotary
+    `(batch, heads, pos, d_head)`, a point the forward never reaches) raises InterpError.
+    """
+    hm = model_or_hm if isinstance(model_or_hm, HookManager) else HookManager(model_or_hm)
+    names = hm.resolve(points)
+    tok = getattr(hm.model, "tokenizer", None)
+    first = bos_id(tok) if tok is not None else 0
+    device = model_device(hm.model)
+    short = hm.collect(torch.full((2, 2), first, device=device), names)
+    longer = hm.collect(torch.full((2, 3), first, device=device), names)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        if name not in short or name not in longer:
+            raise InterpError(f"hook point {name} is not reached by a forward pass of this model: choose another point")
+        a, b = tuple(short[name].shape), tuple(longer[name].shape)
+        if len(a) < 3 or len(a) != len(b) or a[:2] != (2, 2) or b[:2] != (2, 3) or a[2:] != b[2:]:
+            axes = ", ".join("pos" if x != y else str(x) for x, y in zip(a, b)) if len(a) == len(b) else str(a)
+            raise InterpError(
+                f"hook point {name} gives activations of shape ({axes}) for 2 contexts, not (batch, pos, d) "
+                "or (batch, pos, heads, d_head), so it has no row per token: choose another point"
+            )
+        shapes[name] = a[2:]
+    return shapes
+
+
+def _rows(hm: HookManager, tokens: torch.Tensor, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One forward of `tokens (batch, ctx)`: `{point: (batch*(ctx-1), width)}`, one row per non-BOS token.
+
+    Grad mode is off for the forward only; callers that are generators must not hold it across a `yield`.
+    """
+    n = tokens.shape[0] * (tokens.shape[1] - 1)
+    with torch.no_grad():
+        acts = token_activations(hm, tokens, names, dtype, device="cpu")
+    # A (batch, pos, heads, d_head) point comes back as rows of d_head in (token, head) order, so
+    # regrouping by token gives each token's heads side by side: (tokens, heads * d_head).
+    return {p: acts[p].reshape(n, widths[p]) for p in names}
+
+
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    """The generator that shuffles block `block`: a function of (seed, block) alone."""
+    state = np.random.SeedSequence([seed % 2**64, block]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _blocks(
+    hm: HookManager, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
+    contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Rows of each block of contexts in data order: `{point: (block rows, width)}`.
+
+    `contexts` gives one block per item (`token_batches` with `batch_size=block_contexts`), except
+    that a short last context comes as an item of its own. Forward passes take `batch_size`
+    contexts counted from the block's start, so a block's rows do not depend on where a harvest began.
+    """
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    held = 0
+    for block in contexts:
+        for start in range(0, block.shape[0], batch_size):
+            acts = _rows(hm, block[start : start + batch_size], names, widths, dtype)
+            for n in names:
+                parts[n].append(acts[n])
+        held += block.shape[0]
+        if held >= block_contexts:
+            yield {n: torch.cat(parts[n]) for n in names}
+            parts, held = {n: [] for n in names}, 0
+    if held:
+        yield {n: torch.cat(parts[n]) for n in names}
+
+
 def harvest(
     model: Any,
     points: str | Sequence[str],
@@ -67,68 +147,91 @@ def harvest(
     dtype: torch.dtype = torch.float32,
     text_field: str = "text",
     progress: bool = False,
+    skip_tokens: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield `{point: (out_batch_size, d)}` batches of shuffled token activations, `n_tokens` in all.
+    """Yield `{point: (out_batch_size, width)}` batches of shuffled token activations, `n_tokens` rows in all.
 
-    Rows are shuffled within a buffer of `shuffle_buffer_tokens` (memory stays bounded) with one
-    permutation shared by all points, so row i of every point is the same token. The last
-    batch may be smaller. `device` is where the batches are put (default: the model's).
+    Block-wise shuffle: the contexts are read in blocks of `max(1, shuffle_buffer_tokens //
+    (ctx_len - 1))` contexts (every context gives `ctx_len - 1` rows, BOS left out); each block's
+    rows are permuted by a generator seeded from `(seed, block index)` and emitted in full before
+    the next block is read. One permutation serves all points, so row i of every point is the
+    same token. Batches run across block ends; only the last batch may be smaller.
+
+    `skip_tokens` resumes exactly: the output equals the rows from `skip_tokens` on of a harvest
+    without it (same other arguments). Whole blocks before the skip point are passed over without
+    running the model; the block holding it is harvested and its rows before it dropped.
+    `width` is `point_shapes(model, point)` flattened; `device` is where the batches are put
+    (default: the model's).
     """
+    if n_tokens <= 0:
+        raise InterpError(f"token count must be positive, got {n_tokens}")
+    if ctx_len < 2:
+        raise InterpError(f"context length must be at least 2, got {ctx_len}")
+    if not 0 <= skip_tokens <= n_tokens:
+        raise InterpError(f"skip_tokens must be between 0 and the token count {n_tokens}, got {skip_tokens}")
     hm = HookManager(model)
     names = hm.resolve(points)
-    out_device = _model_device(model) if device is None else resolve_device(device)
-    gen = torch.Generator().manual_seed(seed)
-    buffer: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    buffered = 0
-    bar = tqdm(total=n_tokens, unit="tok", desc="harvest", disable=not progress)
-
-    def drain(keep: int) -> Iterator[dict[str, torch.Tensor]]:
-        nonlocal buffered
-        full = {n: torch.cat(buffer[n]) for n in names}
-        perm = torch.randperm(buffered, generator=gen)
-        full = {n: t[perm] for n, t in full.items()}
-        emit = buffered - keep
-        emit -= emit % out_batch_size if keep else 0
-        for start in range(0, emit, out_batch_size):
-            yield {n: t[start : min(start + out_batch_size, emit)].to(out_device) for n, t in full.items()}
-        for n in names:
-            buffer[n] = [full[n][emit:]]
-        buffered -= emit
-
-    # Grad mode is switched off around the forward pass only, never across a `yield`: a
-    # generator suspended inside `torch.no_grad()` would leave its consumer (a training step)
-    # without autograd.
-    with bar:
-        for tokens in token_batches(model, source, ctx_len, batch_size, n_tokens, text_field):
-            with torch.no_grad():
-                acts = token_activations(hm, tokens, names, dtype, device="cpu")
-            for n in names:
-                buffer[n].append(acts[n])
-            got = next(iter(acts.values())).shape[0]
-            buffered += got
-            bar.update(got)
-            if buffered >= shuffle_buffer_tokens:
-                yield from drain(keep=shuffle_buffer_tokens // 2)
-        if buffered:
-            yield from drain(keep=0)
+    widths = {n: math.prod(s) for n, s in point_shapes(hm, names).items()}
+    out_device = model_device(model) if device is None else resolve_device(device)
+    block_contexts = max(1, shuffle_buffer_tokens // (ctx_len - 1))
+    block_rows = block_contexts * (ctx_len - 1)
+    first = skip_tokens // block_rows
+    drop = skip_tokens - first * block_rows
+    if skip_tokens == n_tokens:
+        return
+    contexts = token_batches(model, source, ctx_len, block_contexts, n_tokens, text_field, skip_contexts=first * block_contexts)
+    carry = {n: torch.empty((0, widths[n]), dtype=dtype) for n in names}
+    with tqdm(total=n_tokens, initial=skip_tokens, unit="tok", desc="harvest", disable=not progress) as bar:
+        for index, rows in enumerate(_blocks(hm, names, widths, dtype, contexts, block_contexts, batch_size), start=first):
+            perm = torch.randperm(rows[names[0]].shape[0], generator=_block_generator(seed, index))
+            if index == first:
+                perm = perm[drop:]
+            ready = {n: torch.cat([carry[n], rows[n][perm]]) if len(carry[n]) else rows[n][perm] for n in names}
+            bar.update(len(perm))
+            full = len(ready[names[0]]) - len(ready[names[0]]) % out_batch_size
+            for start in range(0, full, out_batch_size):
+                yield {n: t[start : start + out_batch_size].to(out_device) for n, t in ready.items()}
+            carry = {n: t[full:] for n, t in ready.items()}
+        if len(carry[names[0]]):
+            yield {n: t.to(out_device) for n, t in carry.items()}
 
 
 class ActivationStore:
-    """A harvested store on disk (see the module docstring). Open with `ActivationStore(path)`."""
+    """A harvested store on disk (see the module docstring). Open with `ActivationStore(path)`.
+
+    `points` are its hook points, `widths` `{point: width}` the row width of each and `shapes`
+    `{point: per-token shape}` (a width is the product of its shape). Stores written before
+    widths were recorded per point (one `d` for all) read the same way.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         manifest = self.path / "manifest.json"
         if not manifest.exists():
             raise InterpError(f"{self.path} is not an activation store (no manifest.json): make one with `interp cache`")
-        import json
-
         try:
             self.manifest: dict[str, Any] = json.loads(manifest.read_text())
             self.points: list[str] = list(self.manifest["points"])
-            self.d: int = int(self.manifest["d"])
-        except (ValueError, KeyError) as exc:
-            raise InterpError(f"{manifest} is corrupt ({exc}): delete the store and harvest it again") from None
+            widths = self.manifest.get("widths") or {p: self.manifest["d"] for p in self.points}
+            self.widths: dict[str, int] = {p: int(widths[p]) for p in self.points}
+            shapes = self.manifest.get("shapes") or {}
+            self.shapes: dict[str, tuple[int, ...]] = {p: tuple(int(x) for x in shapes.get(p, [self.widths[p]])) for p in self.points}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InterpError(f"{manifest} is corrupt ({exc!r}): delete the store and harvest it again") from None
+
+    @property
+    def d(self) -> int:
+        """The row width, for a store whose points all have the same one (else read `widths[point]`)."""
+        distinct = set(self.widths.values())
+        if len(distinct) != 1:
+            raise InterpError(f"the points of the store at {self.path} differ in width ({self.widths}): read store.widths[point]")
+        return distinct.pop()
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The artifact schema's fields (`interp.manifest.make_manifest`) for this store."""
+        m = self.manifest
+        return make_manifest(m.get("model"), self.widths, m.get("data_fingerprint"), m.get("ctx_len"))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,23 +252,25 @@ class ActivationStore:
         return self.path / point
 
     def shard(self, point: str, i: int) -> torch.Tensor:
-        """Shard `i` of `point`, memory-mapped: `(rows, d)` (no copy until used)."""
+        """Shard `i` of `point`, memory-mapped: `(rows, width)` (no copy until used)."""
         arr = np.load(self._dir(point) / self.manifest["shards"][i]["file"], mmap_mode="r", allow_pickle=False)
         with warnings.catch_warnings():  # read-only map: torch warns that writes would be undefined
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(arr) if arr.dtype != np.uint16 else torch.from_numpy(arr).view(torch.bfloat16)
 
     def tensor(self, point: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """All rows of `point` as one in-memory tensor `(n_tokens, d)`.
+        """All rows of `point` as one in-memory tensor `(n_tokens, width)`.
 
-        `out`, a preallocated `(n_tokens, d)` tensor, is filled instead of new memory (faster
+        `out`, a preallocated `(n_tokens, width)` tensor, is filled instead of new memory (faster
         when it is read again and again: fresh pages cost more than the copy itself).
         """
         dtype = self.dtype
+        self._dir(point)
+        shape = (self.n_tokens, self.widths[point])
         if out is None:
-            out = torch.empty((self.n_tokens, self.d), dtype=dtype)
-        elif out.shape != (self.n_tokens, self.d) or out.dtype != dtype:
-            raise InterpError(f"out must be a {dtype} tensor of shape ({self.n_tokens}, {self.d}), got {out.dtype} {tuple(out.shape)}")
+            out = torch.empty(shape, dtype=dtype)
+        elif out.shape != shape or out.dtype != dtype:
+            raise InterpError(f"out must be a {dtype} tensor of shape {shape}, got {out.dtype} {tuple(out.shape)}")
         row = 0
         for i, shard in enumerate(self.manifest["shards"]):
             self._read_into(point, i, out[row : row + shard["rows"]])
@@ -173,7 +278,7 @@ class ActivationStore:
         return out
 
     def _read_into(self, point: str, i: int, out: torch.Tensor) -> None:
-        """Read shard `i` of `point` straight into the contiguous `out` `(rows, d)`.
+        """Read shard `i` of `point` straight into the contiguous `out` `(rows, width)`.
 
         A plain read copies from the page cache into `out` once; going through a fresh memory
         map instead adds a page fault for every 4 KiB of the source.
@@ -199,7 +304,7 @@ class ActivationStore:
         shards_in_memory: int = 8,
         reuse: bool = False,
     ) -> Iterator[torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
-        """Yield `(batch_size, d)` batches of `point` (or `{point: batch}` for a list of points).
+        """Yield `(batch_size, width)` batches of `point` (or `{point: batch}` for a list of points).
 
         With `shuffle`, shards are visited in a random order `shards_in_memory` at a time and
         their rows permuted together (memory stays bounded); the last batch may be smaller.
@@ -225,31 +330,63 @@ class ActivationStore:
                     out = {n: t[start : start + batch_size] for n, t in data.items()}
                     yield out[names[0]] if isinstance(point, str) else out
 
-    def _buffer(self, key: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
-        """A `(rows, d)` view of a buffer kept on the store and reused across calls."""
+    def _buffer(self, key: str, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """A `(rows, width)` view of a buffer kept on the store and reused across calls."""
         buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(key)
-        if buf is None or buf.shape[0] < rows or buf.dtype != dtype:
-            buf = buffers[key] = torch.empty((rows, self.d), dtype=dtype)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != width or buf.dtype != dtype:
+            buf = buffers[key] = torch.empty((rows, width), dtype=dtype)
         return buf[:rows]
 
     def _gather(self, point: str, data: torch.Tensor, perm: torch.Tensor, reuse: bool) -> torch.Tensor:
         """`data[perm]`, into a reused buffer when `reuse`."""
         if not reuse:
             return data[perm]
-        return torch.index_select(data, 0, perm, out=self._buffer(point + "#shuffled", data.shape[0], data.dtype))
+        out = self._buffer(point + "#shuffled", data.shape[0], self.widths[point], data.dtype)
+        return torch.index_select(data, 0, perm, out=out)
 
     def _load_group(self, point: str, group: list[int], reuse: bool) -> torch.Tensor:
-        """Shards `group` of `point` concatenated `(rows, d)`, into a reused buffer when `reuse`."""
+        """Shards `group` of `point` concatenated `(rows, width)`, into a reused buffer when `reuse`."""
         if not reuse:
             return torch.cat([self.shard(point, i) for i in group])
         sizes = [self.manifest["shards"][i]["rows"] for i in group]
-        buf = self._buffer(point, sum(sizes), self.dtype)
+        buf = self._buffer(point, sum(sizes), self.widths[point], self.dtype)
         row = 0
         for i, n in zip(group, sizes):
             self._read_into(point, i, buf[row : row + n])
             row += n
         return buf
+
+
+def check_store(
+    store: str | os.PathLike | ActivationStore,
+    model_name: str | None,
+    points: str | Sequence[str],
+    data_fingerprint: str | None,
+    ctx_len: int | None,
+    text_field: str | None,
+) -> ActivationStore:
+    """The store at `store`, after checking that it was made for this use; InterpError otherwise.
+
+    It must hold every point of `points` (names, not selectors) and match the model name, the
+    data fingerprint (`interp.data.fingerprint(source, text_field)`), the context length and the
+    text field. An argument given as None is not checked. The error is one line naming every
+    field that differs (the store's value vs the wanted one) and what to do.
+    """
+    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    names = [points] if isinstance(points, str) else list(points)
+    want = {"model": model_name, "points": names, "data_fingerprint": data_fingerprint, "ctx_len": ctx_len}
+    _refuse_other_settings(store, want, {"text_field": text_field}, "use a store made with these settings, or delete it and harvest again")
+    return store
+
+
+def _refuse_other_settings(store: ActivationStore, want: dict[str, Any], settings: dict[str, Any], fix: str) -> None:
+    """InterpError naming every difference between `store` and `want` (schema fields, compared by
+    `interp.manifest.differences`) or `settings` (store-only manifest fields; None: not checked)."""
+    diff = differences(store.schema, want)
+    diff += [f"{k} {store.manifest.get(k)!r} vs {v!r}" for k, v in settings.items() if v is not None and store.manifest.get(k) != v]
+    if diff:
+        raise InterpError(f"the store at {store.path} was made with other settings ({'; '.join(diff)}): {fix}")
 
 
 def build_store(
@@ -268,89 +405,86 @@ def build_store(
 ) -> ActivationStore:
     """Harvest `n_tokens` token activations at `points` into a store at `out`, in data order.
 
-    Each shard holds `shard_contexts` contexts and is written atomically before the manifest
-    records it, so an interrupted harvest (Ctrl-C, a kill) resumes at the first missing shard
-    and the finished store equals one harvested in one go. `resume=False` on an existing
-    store is an error rather than an overwrite.
+    Each shard holds `shard_contexts` contexts (`shard_contexts * (ctx_len - 1)` rows of
+    `(rows, width)` per point) and is written atomically before the manifest records it, so an
+    interrupted harvest (Ctrl-C, a kill) resumes at the first missing shard and the finished
+    store equals one harvested in one go. Reusing a store checks its manifest first (schema
+    fields, dtype, shard size, text field); `resume=False` on an existing store is an error
+    rather than an overwrite, and so is a non-empty folder that holds no store.
     """
     if n_tokens <= 0:
         raise InterpError(f"token count must be positive, got {n_tokens}")
     if dtype not in NP_DTYPES:
         raise InterpError(f"unsupported store dtype {dtype}: use float32, float16 or bfloat16")
+    if shard_contexts < 1:
+        raise InterpError(f"shard_contexts must be at least 1, got {shard_contexts}")
     hm = HookManager(model)
     names = hm.resolve(points)
     out = Path(out)
-    _check_writable(out)
-    d = hm.d_model or int(hm.collect(next(token_batches(model, source, ctx_len, 1, ctx_len - 1, text_field)), names[0])[names[0]].shape[-1])
+    _check_target(out)
+    shapes = point_shapes(hm, names)
+    schema = make_manifest(model_name(model), {n: math.prod(s) for n, s in shapes.items()}, fingerprint(source, text_field), ctx_len)
+    settings = {"dtype": NP_DTYPES[dtype], "shard_contexts": shard_contexts, "text_field": text_field}
     wanted = {
         "version": STORE_VERSION,
-        "model": getattr(model, "interp_name", type(model).__name__),
-        "points": names,
-        "dtype": NP_DTYPES[dtype],
-        "d": d,
-        "ctx_len": ctx_len,
+        **schema,
+        "shapes": {n: list(s) for n, s in shapes.items()},
+        **settings,
         "n_tokens": n_tokens,
         "data": source,
-        "text_field": text_field,
-        "data_fingerprint": fingerprint(source, text_field),
-        "shard_contexts": shard_contexts,
         "bos_excluded": True,
     }
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        have = ActivationStore(out).manifest
+    shard_rows = shard_contexts * (ctx_len - 1)
+    shards: list[dict[str, Any]] = []
+    if (out / "manifest.json").exists():
+        have = ActivationStore(out)
         if not resume:
             raise InterpError(f"{out} already holds an activation store: pass --resume to continue it, or choose another --out")
-        differs = [k for k in wanted if k not in ("n_tokens",) and have.get(k) != wanted[k]]
-        if differs:
-            raise InterpError(
-                f"the store at {out} was made with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in differs)}): "
-                "choose another --out or delete it"
-            )
-        shards = have["shards"]
-        if sum(s["rows"] for s in shards) < n_tokens:
-            # A short last shard (the end of an earlier, smaller target) is redone whole.
-            full_rows = shard_contexts * (ctx_len - 1)
-            shards = [s for s in shards if s["rows"] == full_rows]
-    else:
-        shards = []
+        extra = {**settings, "points": names} if set(have.points) > set(names) else settings
+        _refuse_other_settings(have, schema, extra, "choose another --out or delete it")
+        shards = have.manifest["shards"]
+        if have.n_tokens < n_tokens and any(s["rows"] != shard_rows for s in shards):
+            # A short last shard (the end of an earlier, smaller target) is redone whole. The
+            # manifest forgets it before its files are overwritten, so it never counts a shard
+            # whose files are being replaced.
+            shards = [s for s in shards if s["rows"] == shard_rows]
+            write_json(out / "manifest.json", {**wanted, "shards": shards})
     manifest = {**wanted, "shards": shards}
     done_rows = sum(s["rows"] for s in shards)
-    body = ctx_len - 1
-    batches = token_batches(model, source, ctx_len, batch_size, n_tokens, text_field, skip_contexts=len(shards) * shard_contexts)
     if n_tokens > done_rows:
-        # Read the first batch before creating anything, so bad data leaves no folder behind.
-        first = next(batches, None)
-        batches = itertools.chain([] if first is None else [first], batches)
-    try:
-        for n in names:
-            (out / n).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InterpError(f"cannot write to {out} ({exc.strerror}): choose a writable --out") from None
-    bar = tqdm(total=n_tokens, initial=min(done_rows, n_tokens), unit="tok", desc="cache", disable=not progress)
-    with torch.no_grad(), bar:
-        if n_tokens > done_rows:
+        batches = token_batches(model, source, ctx_len, batch_size, n_tokens, text_field, skip_contexts=len(shards) * shard_contexts)
+        first = next(batches, None)  # read before anything is created, so bad data leaves no folder behind
+        try:
+            if not shards:
+                write_json(out / "manifest.json", manifest)  # from here on the folder is recognisably a store
+            for n in names:
+                (out / n).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InterpError(f"cannot write to {out} ({exc.strerror}): choose a writable --out") from None
+        with tqdm(total=n_tokens, initial=done_rows, unit="tok", desc="cache", disable=not progress) as bar:
             pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-            pending_contexts = 0
-            for tokens in batches:
-                acts = token_activations(hm, tokens, names, dtype)
+            pending_rows = 0
+            for tokens in itertools.chain([] if first is None else [first], batches):
+                acts = _rows(hm, tokens, names, schema["widths"], dtype)
                 for n in names:
                     pending[n].append(acts[n])
-                pending_contexts += tokens.shape[0]
-                bar.update(tokens.shape[0] and next(iter(acts.values())).shape[0])
-                if pending_contexts >= shard_contexts:
-                    _flush(out, manifest, pending, shard_contexts * body)
-                    pending_contexts -= shard_contexts
-            if sum(t.shape[0] for t in pending[names[0]]):
+                pending_rows += len(acts[names[0]])
+                bar.update(len(acts[names[0]]))
+                while pending_rows >= shard_rows:  # a batch may hold several shards
+                    _flush(out, manifest, pending, shard_rows)
+                    pending_rows -= shard_rows
+            if pending_rows:
                 _flush(out, manifest, pending, None)
     store = ActivationStore(out)
-    if store.n_tokens != n_tokens:
+    if store.n_tokens < n_tokens:
         raise InterpError(f"data {source!r} ran out after {store.n_tokens} tokens of the {n_tokens} asked for: ask for fewer --tokens")
     return store
 
 
-def _check_writable(out: Path) -> None:
-    """InterpError unless `out` can be created (or written to) here."""
+def _check_target(out: Path) -> None:
+    """InterpError unless `out` is a store, an empty folder, or a folder that can be created here."""
+    if out.is_dir() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise InterpError(f"{out} holds other files and no activation store (no manifest.json): choose a new or empty --out")
     parent = out
     while not parent.exists():
         parent = parent.parent
@@ -359,12 +493,16 @@ def _check_writable(out: Path) -> None:
 
 
 def _flush(out: Path, manifest: dict, pending: dict[str, list[torch.Tensor]], rows: int | None) -> None:
-    """Write the first `rows` pending rows (all when None) of each point as the next shard."""
+    """Write the first `rows` pending rows (all when None) of each point as the next shard.
+
+    Every point's file is complete (written and renamed atomically) before the manifest, itself
+    written atomically, counts the shard.
+    """
     index = len(manifest["shards"])
     name = f"shard_{index:05d}.npy"
     count = 0
     for point, chunks in pending.items():
-        data = torch.cat(chunks)
+        data = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         take = data if rows is None else data[:rows]
         pending[point] = [] if rows is None else [data[rows:]]
         arr = take.view(torch.uint16).numpy() if take.dtype == torch.bfloat16 else take.numpy()

@@ -113,7 +113,8 @@ def cache(
     except KeyboardInterrupt:
         console.print(f"interrupted: completed shards are kept in {out}; run the same command again to resume")
         raise
-    console.print(f"stored {store.n_tokens:,} tokens x {len(store.points)} point(s) ({', '.join(store.points)}), d={store.d}, in {out}")
+    widths = ", ".join(f"{p} width {w}" for p, w in store.widths.items())
+    console.print(f"stored {store.n_tokens:,} tokens x {len(store.points)} point(s) ({widths}) in {out}")
 
 
 _mounted = False

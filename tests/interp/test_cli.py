@@ -42,6 +42,7 @@ def test_cache_writes_a_store(capsys, tiny_llama_dir, tmp_path):
         (["--data", "TABLE", "--text-field", "body"], "column 'body' not in"),
         (["--tokens", "0"], "must be positive"),
         (["--out", "/proc/forbidden/store"], "cannot write to"),
+        (["--hooks", "blocks.0.attn.hook_pattern"], "has no row per token"),
     ],
 )
 def test_cache_bad_input_one_line_nonzero_no_files(capsys, tiny_llama_dir, tmp_path, args, message):
@@ -56,6 +57,25 @@ def test_cache_bad_input_one_line_nonzero_no_files(capsys, tiny_llama_dir, tmp_p
     assert len(error_lines) == 1 and message in error_lines[0]
     assert "Traceback" not in err
     assert not out_dir.exists()
+
+
+def test_cache_stores_a_width_per_point_and_refuses_a_folder_of_other_files(capsys, tiny_llama_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"The cat {i} sat on the mat near the park." for i in range(100)))
+    base = ["cache", "--model", str(tiny_llama_dir), "--data", str(corpus), "--tokens", "200", "--ctx-len", "16"]
+    hooks = "blocks.0.hook_resid_post;blocks.1.mlp.hook_post"
+    code, out, _ = run(capsys, *base, "--hooks", hooks, "--out", str(tmp_path / "store"))
+    assert code == 0, out
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["widths"] == {"blocks.0.hook_resid_post": 64, "blocks.1.mlp.hook_post": 128}
+    assert "blocks.0.hook_resid_postwidth64,blocks.1.mlp.hook_postwidth128" in "".join(out.split())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, _, err = run(capsys, *base, "--hooks", hooks, "--out", str(mine))
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(error_lines) == 1 and "holds other files and no activation store" in error_lines[0]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_usage_error_exits_2(capsys):

@@ -34,6 +34,17 @@ def test_packing_is_exact_and_deterministic(tiny_model, prose_file):
     assert torch.equal(torch.cat(again[:-1]), contexts[3 : 3 + sum(b.shape[0] for b in again[:-1])])
 
 
+def test_batches_restart_at_the_skip_point_and_the_short_last_context_comes_alone(tiny_model, prose_file):
+    # 100 stream tokens at ctx_len 16: 6 full contexts of 15 tokens, then one of 10.
+    every = list(token_batches(tiny_model, str(prose_file), ctx_len=16, batch_size=1, n_tokens=100))
+    assert [tuple(b.shape) for b in every] == [(1, 16)] * 6 + [(1, 11)]
+    blocks = list(token_batches(tiny_model, str(prose_file), ctx_len=16, batch_size=4, n_tokens=100))
+    assert [tuple(b.shape) for b in blocks] == [(4, 16), (2, 16), (1, 11)]
+    resumed = list(token_batches(tiny_model, str(prose_file), ctx_len=16, batch_size=4, n_tokens=100, skip_contexts=4))
+    assert [tuple(b.shape) for b in resumed] == [(2, 16), (1, 11)]
+    assert torch.equal(resumed[0], torch.cat(every[4:6])) and torch.equal(resumed[1], every[6])
+
+
 def test_table_sources_and_labelled(tmp_path, tiny_model):
     rows = [{"body": f"text number {i} is here", "y": i % 2} for i in range(10)]
     jsonl = tmp_path / "d.jsonl"
