@@ -34,6 +34,7 @@ from interp.errors import InterpError
 from interp.hooks import HookManager
 from interp.manifest import differences, make_manifest
 from interp.models import model_device, model_name, resolve_device
+from interp.readout import token_activations
 
 STORE_VERSION = 2  # 2: `widths` and `shapes` per point (version 1 had one `d` for all points)
 NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -41,22 +42,6 @@ NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16:
 
 def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
-
-
-def token_activations(
-    hm: HookManager, tokens: torch.Tensor, names: Sequence[str], dtype: torch.dtype, device: str | torch.device = "cpu"
-) -> dict[str, torch.Tensor]:
-    """Activations of every non-BOS token of `tokens (batch, ctx)` at `names`: `{name: (batch*(ctx-1), d)}`.
-
-    Residual-stream points of proven architectures run the plain HuggingFace modules
-    (`interp.fastpath`, bit-identical to the bridge); everything else goes through `hm.collect`.
-    """
-    tokens = tokens.to(_model_device(hm.model))
-    if fastpath.applies(hm, names):
-        acts = fastpath.collect(hm.model, tokens, names, positions=slice(1, None), device=device, dtype=dtype)
-    else:
-        acts = hm.collect(tokens, names, positions=slice(1, None), device=device, dtype=dtype)
-    return {name: acts[name].reshape(-1, acts[name].shape[-1]) for name in names}
 
 
 def point_shapes(model_or_hm: Any, points: str | Sequence[str]) -> dict[str, tuple[int, ...]]:

@@ -5,7 +5,6 @@ Mistakes a user can make raise `InterpError`; `interp.cli.main` prints it on one
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -53,7 +52,7 @@ def _load(model: str, device: Optional[str]):
 
 
 def _contrast_texts(positive: str, negative: Optional[str], text_field: str) -> tuple[list[str], list[str]]:
-    from interp.steering_eval import load_builtin_pairs, read_texts
+    from interp.steering import load_builtin_pairs, read_texts
 
     if positive.startswith("builtin:") or (negative or "").startswith("builtin:"):
         names = {positive, negative or positive}
@@ -105,33 +104,20 @@ def build(
 
 
 def _probe_vector(lm, probe_dir: Path, point: str):
-    from safetensors import SafetensorError, safe_open
-
+    """The probe direction at `point` as a steering vector, after checking the probe's manifest
+    (model, point, width) against the loaded model."""
     from interp.hooks import HookManager
+    from interp.models import model_name
     from interp.steering import from_direction
 
-    path = probe_dir / "directions.safetensors"
-    if not path.is_file():
-        raise InterpError(f"{path} is missing: point --probe at a folder written by `interp probe`")
-    name = HookManager(lm).resolve(point)[0]
     try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            if name not in keys:
-                raise InterpError(f"{path} has no direction for {name}: it holds {', '.join(keys)}")
-            direction = f.get_tensor(name)
-            model_name = (f.metadata() or {}).get("model")
-    except SafetensorError as exc:
-        raise InterpError(f"{path} is corrupt: rerun `interp probe`") from exc
-    results = probe_dir / "results.json"
-    if model_name is None and results.is_file():
-        try:
-            meta = json.loads(results.read_text())
-        except json.JSONDecodeError:
-            raise InterpError(f"{results} is not valid JSON: rerun `interp probe`") from None
-        model_name = meta.get("model") if isinstance(meta, dict) else None
-    model_name = model_name or lm.interp_name
-    return from_direction(direction.reshape(-1).float(), name, str(model_name), method="probe", probe=str(probe_dir))
+        from probes.results import probe_direction
+    except ImportError as exc:
+        raise InterpError("--probe needs the probes package, which is not importable here: reinstall interp") from exc
+    name = HookManager(lm).resolve(point)[0]
+    direction, meta = probe_direction(probe_dir, name, model_name(lm), int(lm.cfg.d_model))
+    return from_direction(direction, name, str(meta["manifest"]["model"] or model_name(lm)), method="probe",
+                          data_fingerprint=meta["manifest"].get("data_fingerprint"), probe=str(probe_dir))
 
 
 def _sae_vector(lm, sae_dir: Path, feature: int):
@@ -223,7 +209,7 @@ def evaluate(
 ) -> None:
     """Measure a vector's effect against alpha with scorers independent of it, plus fluency."""
     from interp.steering import SteeringVector, check_compatible
-    from interp.steering_eval import BUILTIN_PROMPTS, LexiconScorer, evaluate as run_eval, fit_sentiment_probe, read_texts, write_eval_report
+    from interp.steering import BUILTIN_PROMPTS, LexiconScorer, evaluate as run_eval, fit_sentiment_probe, read_texts, write_eval_report
 
     alpha_list = _alphas(alphas)
     prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)

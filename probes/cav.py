@@ -17,10 +17,12 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+from interp import readout
 from interp.errors import InterpError
-from probes.linear import LinearProbe
 from interp.models import model_device
-from probes.sweep import as_hook_manager, check_split, tensor_inputs, tokenize_texts
+from interp.readout import as_hook_manager, tensor_inputs
+from probes.linear import LinearProbe
+from probes.sweep import check_split
 
 Target = str | int | Callable[[torch.Tensor], torch.Tensor]
 
@@ -135,7 +137,7 @@ def target_gradients(
     pick = resolve_target(hm.model, target, hm.is_bridge)
     device = model_device(hm.model)
     if hm.is_bridge:
-        tokens, lengths = tokenize_texts(hm.model, inputs)
+        tokens, lengths = readout.tokenize(hm.model, inputs)
         n = len(tokens)
     else:
         inputs = tensor_inputs(inputs)

@@ -17,7 +17,7 @@ console = Console()
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
 DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
 _INT = re.compile(r"-?\d+")
-TABLE_WIDTH = 110
+TABLE_WIDTH = 130
 
 
 def parse_pool(pool: str) -> str | int:
@@ -57,40 +57,56 @@ def probe(
     data: str = typer.Option("builtin:sentiment", "--data", help="labelled .jsonl/.csv/.tsv/.parquet file, or builtin:sentiment / builtin:facts"),
     text_field: str = typer.Option("text", "--text-field", help="column holding the texts"),
     label_field: str = typer.Option("label", "--label-field", help="column holding the labels"),
+    type_field: Optional[str] = typer.Option(None, "--type-field", help="column giving each example's type for the control task (default: lexical clusters of the texts)"),
     points: str = typer.Option("resid_post:all", "--points", help="hook points or selectors, e.g. resid_post:all, resid_post:0-5"),
-    pool: str = typer.Option("last", "--pool", help="last, mean, max, or a token position"),
+    pool: str = typer.Option("last", "--pool", help="last, mean, max, or a token position (0 = first token after BOS)"),
     out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for results.json, directions.safetensors, report.html"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     test_size: float = typer.Option(0.25, "--test-size", help="fraction of examples held out for testing"),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the confidence intervals"),
     task: Optional[str] = typer.Option(None, "--task", help="classification or regression (default: from the labels)"),
+    strength: Optional[float] = typer.Option(None, "--C", help="fixed regularisation strength (C, or alpha for regression); default: chosen per point by cross-validation on the training split"),
+    cv_folds: int = typer.Option(5, "--cv-folds", help="folds of the cross-validation that chooses C"),
+    cluster_size: int = typer.Option(4, "--cluster-size", help="texts per lexical cluster (the control task's types)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N examples"),
     batch_size: int = typer.Option(16, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Probe every hook point in one pass; report held-out accuracy, control accuracy and selectivity."""
+    """Probe every hook point in one pass; report held-out accuracy, control-task accuracy, selectivity and the chosen C."""
     from interp import load_model
     from interp.data import load_labelled
 
     from probes.sweep import check_split, infer_task, probe_layers
 
     texts, labels = load_labelled(data, text_field, label_field)
+    types = load_labelled(data, text_field, type_field)[1] if type_field else None
     if limit is not None:
-        texts, labels = texts[:limit], labels[:limit]
+        texts, labels, types = texts[:limit], labels[:limit], types[:limit] if types is not None else None
     task = task or infer_task(labels)
     check_split(labels, len(texts), task, test_size)  # before the model loads: bad data fails fast
+    if strength is not None and not strength > 0:
+        raise InterpError(f"--C must be positive, got {strength}")
+    if cv_folds < 2:
+        raise InterpError(f"--cv-folds must be at least 2, got {cv_folds}")
     bridge = load_model(model, device=device)
+    fixed = {"alpha" if task == "regression" else "C": strength}
     result = probe_layers(bridge, texts, labels, points=points, pool=parse_pool(pool), test_size=test_size,
-                          n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, task=task)
+                          n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, task=task, cv_folds=cv_folds,
+                          types=types, cluster_size=cluster_size, **fixed)
     result.save(out)
-    table = Table(title=f"probe sweep: {len(texts)} examples from {data} ({result.metric}, {result.n_test} held out)")
-    for col in ("point", result.metric, "95% CI", "control", "select.", "select. 95% CI"):
+    control = result.control
+    table = Table(title=f"probe sweep: {len(texts)} examples from {data} ({result.metric}, {result.n_test} held out; "
+                        f"control task: {control['n_types']} types, {control['n_types_both_sides']} in both splits)")
+    for col in ("point", result.metric, "95% CI", result.strength, "control", "select.", "select. 95% CI", "shuffled"):
         table.add_column(col, justify="left" if col == "point" else "right", no_wrap=col == "point")
     for p in result.points:
         m = result.metrics[p]
         table.add_row(p + (" *" if p == result.best_point else ""), f"{m['accuracy']:.3f}", _fmt_ci(m["accuracy_ci"]),
-                      f"{m['control_accuracy']:.3f}", f"{m['selectivity']:.3f}", _fmt_ci(m["selectivity_ci"]))
-    console.print(table, width=max(console.width, TABLE_WIDTH))  # full point names even when piped
+                      f"{m[result.strength]:g}", f"{m['control_accuracy']:.3f}", f"{m['selectivity']:.3f}",
+                      _fmt_ci(m["selectivity_ci"]), f"{m['shuffled_accuracy']:.3f}")
+    Console(width=max(console.width, TABLE_WIDTH)).print(table)  # every column in full, even when piped
+    console.print("control = control task (one random label per input type); select. = score - control; "
+                  "shuffled = shuffled-label baseline (chance by construction)", soft_wrap=True)
     console.print(f"best: {result.best_point} (*). Wrote {out / 'results.json'}, {out / 'directions.safetensors'}, {out / 'report.html'}", soft_wrap=True)
 
 

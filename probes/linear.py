@@ -15,9 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from interp.errors import InterpError
+from interp.readout import Pool, pool_tokens
 
-Pool = str | int
-POOLS = ("last", "mean", "max")
 TASKS = ("classification", "regression")
 
 
@@ -29,38 +28,13 @@ def pool_activations(
 ) -> torch.Tensor:
     """Reduce token activations `(n, pos, d)` to one vector per example `(n, d)`.
 
-    `lengths` `(n,)` gives each example's number of real tokens in a right-padded batch (None:
-    every position is real). `pool`: `last` (the last real token), `mean` / `max` over the real
-    tokens from `start` on (e.g. `start=1` leaves a BOS token out), or an int position (negative
-    counts back from each example's last real token).
+    `interp.readout.pool_tokens` with `start=0` by default: arrays handed to a probe are taken as
+    they are (activations from `interp.readout` never hold BOS). `lengths` `(n,)` counts each
+    example's real positions in a right-padded batch (None: all); `pool` is `last`, `mean`,
+    `max`, or an int position (`start + p`, or counted back from the last real position when
+    negative); positions before `start` are never read.
     """
-    acts = torch.as_tensor(acts)
-    if acts.ndim != 3:
-        raise InterpError(f"token activations must be (n, pos, d); got shape {tuple(acts.shape)}")
-    n, n_pos, _ = acts.shape
-    lengths = torch.full((n,), n_pos, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
-    if lengths.numel() != n:
-        raise InterpError(f"lengths has {lengths.numel()} entries but there are {n} examples")
-    if bool((lengths < 1).any()) or bool((lengths > n_pos).any()):
-        raise InterpError(f"lengths must lie in 1..{n_pos} (the padded length); got {lengths.min().item()}..{lengths.max().item()}")
-    rows = torch.arange(n)
-    if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):
-        index = lengths + int(pool) if pool < 0 else torch.full((n,), int(pool), dtype=torch.long)
-        if bool((index < 0).any()) or bool((index >= lengths).any()):
-            raise InterpError(f"pool position {pool} falls outside some example (shortest has {lengths.min().item()} tokens)")
-        return acts[rows, index]
-    if pool == "last":
-        return acts[rows, lengths - 1]
-    if pool not in POOLS:
-        raise InterpError(f"unknown pool {pool!r}: use last, mean, max or an integer position")
-    positions = torch.arange(n_pos)
-    real = (positions[None, :] < lengths[:, None]) & (positions[None, :] >= start)
-    # An example with only a BOS token keeps it rather than pooling over nothing.
-    real |= (real.sum(1, keepdim=True) == 0) & (positions[None, :] < lengths[:, None])
-    mask = real.unsqueeze(-1)
-    if pool == "mean":
-        return (acts * mask).sum(1) / mask.sum(1).to(acts.dtype)
-    return acts.masked_fill(~mask, float("-inf")).amax(1)
+    return pool_tokens(acts, lengths, pool, start)
 
 
 class LinearProbe(BaseEstimator):

@@ -1,73 +1,47 @@
-"""Layer sweeps: harvest every hook point in one pass, probe each, and compare with a control task.
+"""Layer sweeps: read every hook point in one pass, probe each, and compare with a control task.
 
-Selectivity (Hewitt & Liang, 2019) is the probe's held-out accuracy minus the accuracy of the
-same probe trained on a control task, here the same examples with their labels shuffled. A
-point whose probe beats its control by a wide margin holds the property; a probe that scores
-well on both is fitting noise.
+For each point a linear probe is trained on the training split (its regularisation strength
+chosen by cross-validation inside that split, `probes.regularization`) and scored on the test
+split. The same probe (same strength) is trained on the control task (`probes.control`: one
+random label per input type, Hewitt & Liang 2019) and on the shuffled-label baseline.
+Selectivity is held-out accuracy minus control-task accuracy: what the representation offers
+beyond what a probe of this capacity could memorise.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
-from safetensors import safe_open
 from sklearn.metrics import r2_score
-from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
-from interp.atomic import write_json, write_safetensors
+from interp import readout
 from interp.errors import InterpError
-from interp.hooks import HookManager
-from interp.models import model_device, model_name
-from interp.reports import html_table, write_report
-from probes.linear import LinearProbe, Pool, pool_activations
+from interp.manifest import make_manifest
+from interp.models import model_name
+from interp.readout import as_hook_manager, tensor_inputs
+from probes.control import (
+    CLUSTER_SIZE,
+    control_labels,
+    lexical_types,
+    shuffled_labels,
+    type_split,
+    types_on_both_sides,
+)
+from probes.linear import LinearProbe, Pool
+from probes.regularization import DEFAULT_FOLDS, choose_strength, strength_name
+from probes.results import SweepResult, bootstrap, interval
 
-DIRECTIONS_FORMAT = "interp.probe_directions"
+__all__ = ["as_hook_manager", "check_split", "harvest", "infer_task", "probe_activations", "probe_layers",
+           "tensor_inputs", "tokenize_texts"]
 
 
 # ---------------------------------------------------------------------------- harvesting
-def as_hook_manager(model_or_hm: Any) -> HookManager:
-    """A `HookManager` for a model (bridge or plain module), or the manager itself."""
-    return model_or_hm if isinstance(model_or_hm, HookManager) else HookManager(model_or_hm)
-
-
 def tokenize_texts(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize each text (with the model's BOS convention) and right-pad.
-
-    Returns `tokens` `(n, max_len)` and `lengths` `(n,)` (real tokens per text). Right padding
-    leaves the real positions of a causal model untouched, so no attention mask is needed.
-    """
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise InterpError("texts must be a list of strings")
-    if not texts:
-        raise InterpError("no texts given: pass at least one example")
-    rows = [model.to_tokens(t)[0].cpu() for t in texts]
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-    return tokens, lengths
-
-
-def tensor_inputs(inputs: Any) -> torch.Tensor:
-    """Inputs of a plain module as a tensor `(n, ...)`; texts are refused (no tokenizer)."""
-    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
-        raise InterpError("texts need a transformer with a tokenizer; for a plain torch module pass a tensor (n, ...)")
-    return torch.as_tensor(inputs)
-
-
-def bos_offset(model: Any) -> int:
-    """1 when the model prepends a BOS token to every text (pooling leaves it out), else 0."""
-    return int(bool(getattr(model.cfg, "default_prepend_bos", True)))
+    """`interp.readout.tokenize`: BOS + tokens, right-padded; `(tokens (n, max_len), lengths (n,))`."""
+    return readout.tokenize(model, texts)
 
 
 def harvest(
@@ -79,36 +53,12 @@ def harvest(
     progress: bool = True,
     desc: str = "harvest",
 ) -> dict[str, torch.Tensor]:
-    """One forward per batch capturing every point; returns `{point: (n, d)}` float32 on CPU.
+    """`interp.readout.read`: one forward per batch capturing every point; `{point: (n, d)}` float32.
 
-    On a transformer bridge, `inputs` are texts: right-padded, batched by length, and each
-    point's `(batch, pos, d)` activation is pooled per text by `pool` over its real tokens
-    (`mean`/`max` leave the BOS token out). On a plain module, `inputs` is a tensor `(n, ...)`
-    and each point's output is flattened to `(n, d)`.
+    Texts on a transformer bridge are pooled by `pool` with the readout's BOS rule (BOS never
+    read); a plain module's tensor inputs `(n, ...)` give flattened outputs `(n, d)`.
     """
-    hm = as_hook_manager(model_or_hm)
-    names = hm.resolve(points)
-    device = model_device(hm.model)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    if hm.is_bridge:
-        tokens, lengths = tokenize_texts(hm.model, inputs)
-        order = torch.argsort(lengths, stable=True)  # similar lengths together: less padding
-        start = bos_offset(hm.model)
-        for lo in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-            idx = order[lo : lo + batch_size]
-            lens = lengths[idx]
-            cap = hm.collect(tokens[idx, : int(lens.max())].to(device), names)
-            for name in names:
-                out[name].append(pool_activations(cap[name].float(), lens, pool, start))
-        inverse = torch.argsort(order)
-        return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
-    inputs = tensor_inputs(inputs)
-    for lo in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = inputs[lo : lo + batch_size].to(device)
-        cap = hm.collect(batch, names)
-        for name in names:
-            out[name].append(cap[name].float().reshape(len(batch), -1))
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return readout.read(model_or_hm, inputs, points, pool=pool, batch_size=batch_size, progress=progress, desc=desc)
 
 
 # ------------------------------------------------------------------------------- checks
@@ -147,138 +97,29 @@ def check_split(labels: Sequence[Any], n_examples: int, task: str, test_size: fl
 
 
 # ---------------------------------------------------------------------------- the sweep
-def _bootstrap(values: np.ndarray, idx: np.ndarray, metric: str, y: np.ndarray | None = None) -> np.ndarray:
-    """The metric on each bootstrap resample `idx` `(B, n_test)`.
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar: numpy scalars unwrapped, anything but str/int/float/bool as its str()."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return value if isinstance(value, (str, int, float, bool)) else str(value)
 
-    Accuracy: `values` are 0/1 correctness `(n_test,)`. R^2: `values` are predictions and `y` targets.
+
+def _fit_score(X: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray, task: str, strength: float,
+               seed: int) -> tuple[LinearProbe | None, float, np.ndarray, float]:
+    """(probe, test score, per-example values for the bootstrap, train score) of one probe.
+
+    A classification target with one class on the training side (a control task can draw that)
+    is predicted as that class: no probe is fitted.
     """
-    if metric == "accuracy":
-        return values[idx].mean(1)
-    yb, pb = y[idx], values[idx]
-    ss_res = ((yb - pb) ** 2).sum(1)
-    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
-    return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan)
-
-
-def _ci(samples: np.ndarray) -> list[float]:
-    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-@dataclass
-class SweepResult:
-    """Per-point probe results of a layer sweep.
-
-    `metrics[point]` holds `accuracy`, `control_accuracy`, `selectivity` (accuracy minus control)
-    and their 95% bootstrap intervals `*_ci` (`[lo, hi]`), plus `train_accuracy` and `layer`.
-    For regression the same keys hold R^2. `directions[point]` is the probe's unit direction in
-    activation space, `(d,)` (or `(n_classes, d)` for multiclass).
-    """
-
-    model: str
-    points: list[str]
-    pool: str | int
-    task: str
-    metric: str
-    classes: list[Any] | None
-    n_train: int
-    n_test: int
-    n_bootstrap: int
-    seed: int
-    metrics: dict[str, dict[str, Any]]
-    directions: dict[str, torch.Tensor] = field(repr=False)
-
-    @property
-    def best_point(self) -> str:
-        """The point with the highest held-out accuracy (R^2)."""
-        return max(self.points, key=lambda p: self.metrics[p]["accuracy"])
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per point, for tables."""
-        out = []
-        for p in self.points:
-            m = self.metrics[p]
-            out.append({
-                "point": p,
-                "accuracy": m["accuracy"],
-                "accuracy 95% CI": f"{m['accuracy_ci'][0]:.3f}-{m['accuracy_ci'][1]:.3f}",
-                "control": m["control_accuracy"],
-                "selectivity": m["selectivity"],
-                "selectivity 95% CI": f"{m['selectivity_ci'][0]:.3f}-{m['selectivity_ci'][1]:.3f}",
-            })
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the directions, JSON-ready."""
-        return {
-            "model": self.model, "pool": self.pool, "task": self.task, "metric": self.metric,
-            "classes": self.classes, "n_train": self.n_train, "n_test": self.n_test,
-            "n_bootstrap": self.n_bootstrap, "seed": self.seed, "control": "same probe trained on shuffled labels",
-            "best_point": self.best_point, "points": {p: self.metrics[p] for p in self.points},
-        }
-
-    def figure(self) -> go.Figure:
-        """Held-out score and control score per point, with 95% bootstrap bands."""
-        layers = [self.metrics[p]["layer"] for p in self.points]
-        by_layer = None not in layers and len(set(layers)) == len(layers)
-        x = layers if by_layer else self.points
-        fig = go.Figure()
-        for key, name, color in (("accuracy", "probe", "31,119,180"), ("control_accuracy", "control (shuffled labels)", "214,39,40")):
-            lo = [self.metrics[p][f"{key}_ci"][0] for p in self.points]
-            hi = [self.metrics[p][f"{key}_ci"][1] for p in self.points]
-            fig.add_trace(go.Scatter(
-                x=list(x) + list(x)[::-1], y=hi + lo[::-1], fill="toself", fillcolor=f"rgba({color},0.18)",
-                line=dict(width=0), hoverinfo="skip", showlegend=False,
-            ))
-            fig.add_trace(go.Scatter(
-                x=x, y=[self.metrics[p][key] for p in self.points], mode="lines+markers", name=name,
-                line=dict(color=f"rgb({color})"), customdata=self.points, hovertemplate="%{customdata}: %{y:.3f}<extra></extra>",
-            ))
-        label = "held-out accuracy" if self.metric == "accuracy" else "held-out R²"
-        fig.update_layout(
-            title=f"Linear probe sweep ({self.model}, pool={self.pool}), 95% bootstrap bands",
-            xaxis_title="layer" if by_layer else "hook point", yaxis_title=label, hovermode="x unified",
-        )
-        return fig
-
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write `results.json`, `directions.safetensors` and `report.html` into `out_dir`."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "results.json", self.to_dict())
-        write_safetensors(
-            out / "directions.safetensors",
-            {p: self.directions[p].float() for p in self.points},
-            metadata={
-                "format": DIRECTIONS_FORMAT, "model": self.model, "pool": json.dumps(self.pool),
-                "task": self.task, "points": json.dumps(self.points), "classes": json.dumps(self.classes),
-                "space": "original activation space, unit norm, pointing toward the positive class",
-            },
-        )
-        best = self.metrics[self.best_point]
-        intro = (
-            f"{len(self.points)} hook points, {self.n_train} train / {self.n_test} test examples, pool={self.pool}. "
-            f"Best: {self.best_point} with {self.metric} {best['accuracy']:.3f} against {best['control_accuracy']:.3f} "
-            "for the control task (the same probe trained on shuffled labels). Selectivity = probe minus control; "
-            f"intervals are 95% percentile bootstrap intervals over {self.n_bootstrap} resamples of the test set."
-        )
-        write_report(out / "report.html", "Linear probe sweep", figures=[self.figure()],
-                     sections=[html_table(self.rows())], intro=intro)
-        return out
-
-
-def load_directions(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read `directions.safetensors`: `({point: (d,)}, metadata with JSON fields decoded)`."""
-    path = Path(path)
-    if not path.exists():
-        raise InterpError(f"{path} does not exist: give the directions.safetensors a probe sweep wrote")
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if raw.get("format") != DIRECTIONS_FORMAT:
-        raise InterpError(f"{path} is not a probe directions file (no format={DIRECTIONS_FORMAT} in its metadata)")
-    meta = {k: (json.loads(v) if k in ("pool", "points", "classes") else v) for k, v in raw.items()}
-    return tensors, meta
+    name = strength_name(task)
+    if task == "classification" and len(np.unique(targets[train])) < 2:
+        probe, pred, train_score = None, np.full(len(test), targets[train][0]), 1.0
+    else:
+        probe = LinearProbe(task=task, random_state=seed, **{name: strength}).fit(X[train], targets[train])
+        pred, train_score = probe.predict(X[test]), probe.score(X[train], targets[train])
+    if task == "classification":
+        values = (pred == targets[test]).astype(np.float64)
+        return probe, float(values.mean()), values, train_score
+    return probe, float(r2_score(targets[test], pred)), pred, train_score
 
 
 def probe_activations(
@@ -288,17 +129,26 @@ def probe_activations(
     test_size: float = 0.25,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    C: float = 1.0,
-    alpha: float = 1.0,
+    C: float | None = None,
+    alpha: float | None = None,
+    grid: Sequence[float] | None = None,
+    cv_folds: int = DEFAULT_FOLDS,
+    types: Sequence[Any] | None = None,
+    type_kind: str = "given",
     pool: Pool = "last",
     model: str = "unknown",
     layers: dict[str, int | None] | None = None,
+    data_fingerprint: str | None = None,
 ) -> SweepResult:
-    """Probe each point's pooled features `{point: (n, d)}` against `labels` `(n,)`.
+    """Probe each point's features `{point: (n, d)}` against `labels` `(n,)`.
 
-    One stratified train/test split shared by every point; the control task shuffles the labels
-    once, within the train and within the test side, and trains the same probe on them; bootstrap intervals resample the test
-    examples, paired across probe and control so the selectivity interval is honest.
+    `types` `(n,)` are the control task's input types (word types for token-level probes,
+    `probes.control.lexical_types` for texts; None: every example its own type, which leaves the
+    control at chance). One split shared by every point (`probes.control.type_split`: repeated
+    types on both sides, stratified by label). Per point: the strength (`C`, or `alpha` for
+    regression) is chosen by `cv_folds`-fold CV on the training split over `grid` unless given;
+    the probe, the control-task probe and the shuffled-label probe share it. Bootstrap intervals
+    resample the test examples, paired across the three so the selectivity interval is honest.
     """
     if not features:
         raise InterpError("no hook points to probe")
@@ -307,48 +157,52 @@ def probe_activations(
     task = task or infer_task(labels)
     check_split(labels, n, task, test_size)
     y = np.asarray(labels) if task == "classification" else np.asarray(labels, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    train, test = train_test_split(
-        np.arange(n), test_size=test_size, random_state=seed, stratify=y if task == "classification" else None
-    )
-    # Shuffle within each side of the split: the control keeps the task's class balance (so the
-    # same chance level) and its training side always holds every class.
-    y_control = y.copy()
-    y_control[train] = rng.permutation(y[train])
-    y_control[test] = rng.permutation(y[test])
-    boot = rng.integers(0, len(test), size=(n_bootstrap, len(test)))
+    types = list(range(n)) if types is None else list(types)
+    if len(types) != n:
+        raise InterpError(f"got {len(types)} control types for {n} examples: give one type per example")
+    train, test = type_split(y, types, test_size, seed, stratify=task == "classification")
+    if task == "classification" and not (set(y[train].tolist()) == set(y[test].tolist()) == set(y.tolist())):
+        raise InterpError("the type-aware split could not put every class on both sides: give more examples per class")
+    y_control = control_labels(types, y, task, seed)
+    y_shuffled = shuffled_labels(y, train, test, seed)
+    boot = np.random.default_rng(seed).integers(0, len(test), size=(n_bootstrap, len(test)))
     metric = "accuracy" if task == "classification" else "r2"
-
-    def evaluate(X: np.ndarray, targets: np.ndarray) -> tuple[LinearProbe, float, np.ndarray, float]:
-        """(probe, test score, per-example values for the bootstrap, train score)."""
-        probe = LinearProbe(task=task, C=C, alpha=alpha, random_state=seed).fit(X[train], targets[train])
-        pred = probe.predict(X[test])
-        if metric == "accuracy":
-            values = (pred == targets[test]).astype(np.float64)
-            score = float(values.mean())
-        else:
-            values, score = pred, float(r2_score(targets[test], pred))
-        return probe, score, values, probe.score(X[train], targets[train])
+    name = strength_name(task)
+    fixed = alpha if task == "regression" else C
 
     metrics: dict[str, dict[str, Any]] = {}
     directions: dict[str, torch.Tensor] = {}
     for p in points:
         X = np.asarray(torch.as_tensor(features[p]).float().numpy(), dtype=np.float64)
-        probe, acc, vals, train_acc = evaluate(X, y)
-        _, control, control_vals, _ = evaluate(X, y_control)
-        acc_b = _bootstrap(vals, boot, metric, y[test] if metric == "r2" else None)
-        control_b = _bootstrap(control_vals, boot, metric, y_control[test] if metric == "r2" else None)
+        if fixed is None:
+            strength, cv_scores = choose_strength(X[train], y[train], task, grid, cv_folds, seed)
+        else:
+            strength, cv_scores = float(fixed), {}
+        probe, acc, vals, train_acc = _fit_score(X, y, train, test, task, strength, seed)
+        _, control, control_vals, _ = _fit_score(X, y_control, train, test, task, strength, seed)
+        _, shuffled, shuffled_vals, _ = _fit_score(X, y_shuffled, train, test, task, strength, seed)
+        acc_b, control_b, shuffled_b = (bootstrap(v, boot, metric, t[test] if metric == "r2" else None)
+                                        for v, t in ((vals, y), (control_vals, y_control), (shuffled_vals, y_shuffled)))
         metrics[p] = {
-            "layer": (layers or {}).get(p),
-            "accuracy": acc, "control_accuracy": control, "selectivity": acc - control,
-            "accuracy_ci": _ci(acc_b), "control_accuracy_ci": _ci(control_b), "selectivity_ci": _ci(acc_b - control_b),
+            "layer": (layers or {}).get(p), name: strength, "cv_scores": cv_scores,
+            "cv_accuracy": cv_scores.get(f"{strength:g}"),
+            "accuracy": acc, "control_accuracy": control, "selectivity": acc - control, "shuffled_accuracy": shuffled,
+            "accuracy_ci": interval(acc_b), "control_accuracy_ci": interval(control_b),
+            "selectivity_ci": interval(acc_b - control_b), "shuffled_accuracy_ci": interval(shuffled_b),
             "train_accuracy": train_acc,
         }
         directions[p] = torch.as_tensor(probe.direction_, dtype=torch.float32)
     classes = np.unique(y).tolist() if task == "classification" else None
+    control = {
+        "kind": type_kind, "n_types": len(set(types)), "n_types_both_sides": types_on_both_sides(types, train, test),
+        "types": [_plain(t) for t in types], "labels": [_plain(v) for v in y_control],
+    }
+    widths = {p: int(torch.as_tensor(features[p]).shape[-1]) for p in points}
     return SweepResult(
         model=model, points=points, pool=pool, task=task, metric=metric, classes=classes,
         n_train=len(train), n_test=len(test), n_bootstrap=n_bootstrap, seed=seed, metrics=metrics, directions=directions,
+        split={"train": train.tolist(), "test": test.tolist()}, control=control,
+        manifest=make_manifest(model, widths, data_fingerprint),
     )
 
 
@@ -363,23 +217,33 @@ def probe_layers(
     seed: int = 0,
     batch_size: int = 16,
     task: str | None = None,
-    C: float = 1.0,
-    alpha: float = 1.0,
+    C: float | None = None,
+    alpha: float | None = None,
+    grid: Sequence[float] | None = None,
+    cv_folds: int = DEFAULT_FOLDS,
+    types: Sequence[Any] | None = None,
+    cluster_size: int = CLUSTER_SIZE,
     progress: bool = True,
 ) -> SweepResult:
-    """Sweep linear probes over hook points of a transformer bridge in ONE harvest pass.
+    """Sweep linear probes over hook points of a transformer bridge in ONE readout pass.
 
     `texts` `(n,)` and `labels` `(n,)`; every batch runs one forward that captures all `points`
-    (stopping after the deepest), pooled per text by `pool` (`last` real token, masked `mean`/`max`,
-    or an int position). Then `probe_activations` on the pooled features. Raises InterpError for
-    mismatched lengths, a single class, or too few examples for the split before any forward runs.
+    (stopping after the deepest), pooled per text by `pool` (`last` token, `mean`/`max` over the
+    text's tokens, or an int position; BOS never read, `interp.readout`). The control task's
+    types are `types` if given, else lexical clusters of the texts (`probes.control.lexical_types`
+    with `cluster_size`). Then `probe_activations`. Raises InterpError for mismatched lengths, a
+    single class, or too few examples for the split before any forward runs.
     """
     task = task or infer_task(labels)
     check_split(labels, len(texts), task, test_size)
     hm = as_hook_manager(model)
     names = hm.resolve(points)
-    feats = harvest(hm, list(texts), names, pool=pool, batch_size=batch_size, progress=progress, desc="probe harvest")
+    kind = "given"
+    if types is None:
+        types, kind = lexical_types(texts, cluster_size, seed), f"lexical clusters of about {cluster_size} texts"
+    feats = harvest(hm, list(texts), names, pool=pool, batch_size=batch_size, progress=progress, desc="probe readout")
     return probe_activations(
-        feats, labels, task=task, test_size=test_size, n_bootstrap=n_bootstrap, seed=seed, C=C, alpha=alpha,
-        pool=pool, model=model_name(hm.model), layers={p: hm.layer_of(p) for p in names},
+        feats, labels, task=task, test_size=test_size, n_bootstrap=n_bootstrap, seed=seed, C=C, alpha=alpha, grid=grid,
+        cv_folds=cv_folds, types=types, type_kind=kind, pool=pool, model=model_name(hm.model),
+        layers={p: hm.layer_of(p) for p in names}, data_fingerprint=readout.texts_fingerprint(list(texts)),
     )

@@ -21,13 +21,14 @@ import plotly.graph_objects as go
 import torch
 from scipy import stats
 
+from interp import readout
 from interp.atomic import write_json
 from interp.data import builtin_dataset_path
 from interp.errors import InterpError
 from interp.reports import html_table, write_report
-from probes.cav import Target, resolve_target, target_gradients, train_cav
 from interp.models import model_name
-from probes.sweep import as_hook_manager, harvest
+from interp.readout import as_hook_manager
+from probes.cav import Target, resolve_target, target_gradients, train_cav
 
 Inputs = Sequence[str] | torch.Tensor
 CORRECTIONS = ("bonferroni", "holm")
@@ -208,8 +209,8 @@ def tcav(
     pool, sets = _random_sets(random_inputs, n_runs + 1, size, seed)
     used = sorted({i for s in sets for i in s})
     where = {i: k for k, i in enumerate(used)}
-    concept_acts = harvest(hm, concept_inputs, names, batch_size=batch_size, progress=progress, desc="concept acts")
-    random_acts = harvest(hm, _subset(pool, used), names, batch_size=batch_size, progress=progress, desc="random acts")
+    concept_acts = readout.read(hm, concept_inputs, names, batch_size=batch_size, progress=progress, desc="concept acts")
+    random_acts = readout.read(hm, _subset(pool, used), names, batch_size=batch_size, progress=progress, desc="random acts")
     grads = target_gradients(hm, class_inputs, names, target, batch_size=batch_size, progress=progress)
 
     def score(cav_vector: torch.Tensor, grad: torch.Tensor) -> float:

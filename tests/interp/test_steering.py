@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interp import HookManager, InterpError
+from interp import HookManager, InterpError, readout
 from interp import steering as st
-from interp import steering_eval as se
+se = st  # the evaluation functions live in the same package
 from interp.cli_steer import app
 
 POS = ["I love this film, it is wonderful.", "The sun is hot", "A bird sang in the tree.", "Paris is the capital"]
@@ -50,7 +50,7 @@ def test_mean_diff_matches_numpy(tiny_model, pool):
 
 def test_pca_diff_matches_svd_and_aligns_with_mean(tiny_model):
     v = st.pca_diff(tiny_model, POS, NEG, P1, progress=False)
-    acts, _ = st.pooled_activations(tiny_model, POS + NEG, [P1], progress=False)
+    acts = readout.read(tiny_model, POS + NEG, [P1])
     diffs = (acts[P1][: len(POS)] - acts[P1][len(POS):]).double().numpy()
     _, _, vt = np.linalg.svd(diffs, full_matrices=False)
     got = v.directions[P1].double().numpy()
@@ -78,6 +78,43 @@ def test_save_load_round_trip(vec, tmp_path):
     assert back.source == vec.source and back.layers == [0, 1, 2]
     meta = json.loads((tmp_path / "v" / "vector.json").read_text())
     assert meta["norms"][P1] == pytest.approx(float(vec.directions[P1].norm()))
+
+
+def test_manifest_is_recorded_and_old_folders_load(vec, tiny_model, tmp_path):
+    from interp.manifest import make_manifest
+
+    vec.save(tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "vector.json").read_text())
+    widths = {p: 64 for p in vec.points}
+    assert meta["manifest"] == make_manifest(tiny_model.interp_name, widths, st.fingerprint(POS + NEG))
+    assert meta["manifest"]["data_fingerprint"] == vec.source["fingerprint"]
+    # a version-1 folder has no manifest: it loads, and the manifest is rebuilt from its fields
+    del meta["manifest"]
+    meta["version"] = 1
+    (tmp_path / "v" / "vector.json").write_text(json.dumps(meta))
+    old = st.SteeringVector.load(tmp_path / "v")
+    assert old.manifest == make_manifest(tiny_model.interp_name, widths, st.fingerprint(POS + NEG))
+    st.check_compatible(tiny_model, old)
+    # a manifest that contradicts the weights is refused
+    meta["manifest"] = make_manifest(tiny_model.interp_name, {p: 32 for p in vec.points})
+    (tmp_path / "v" / "vector.json").write_text(json.dumps(meta))
+    with pytest.raises(InterpError, match="does not match the vector"):
+        st.SteeringVector.load(tmp_path / "v")
+
+
+def test_check_compatible_goes_through_the_manifest(tiny_model, monkeypatch):
+    import interp.manifest
+
+    seen = []
+    real = interp.manifest.check_compatible
+    monkeypatch.setattr(interp.manifest, "check_compatible", lambda have, want, what, fix="": seen.append((have, want)) or real(have, want, what, fix))
+    v = st.from_direction(_unit(), P1, tiny_model.interp_name, data_fingerprint="abc")
+    st.generate(tiny_model, PROMPT, v, 1.0, max_new_tokens=2)
+    have, want = seen[0]
+    assert have == {"model": tiny_model.interp_name, "points": [P1], "widths": {P1: 64}, "data_fingerprint": "abc", "ctx_len": None}
+    assert want["widths"] == {P1: 64} and want["data_fingerprint"] is None
+    with pytest.raises(InterpError, match="unknown hook point"):
+        st.check_compatible(tiny_model, st.from_direction(_unit(), "blocks.1.hook_nothing", tiny_model.interp_name))
 
 
 def test_load_corrupt_or_missing(vec, tmp_path):
@@ -286,12 +323,17 @@ def test_cli_generate_from_probe_and_sae(tiny_llama_dir, tiny_model, tmp_path):
     from interp.atomic import write_safetensors
 
     name = tiny_llama_dir.resolve().name
-    write_safetensors(tmp_path / "probe" / "directions.safetensors", {P1: _unit()}, metadata={"model": name})
+    # a directions file as written before manifests were recorded: format, model, points only
+    write_safetensors(tmp_path / "probe" / "directions.safetensors", {P1: _unit()},
+                      metadata={"format": "interp.probe_directions", "model": name, "points": json.dumps([P1])})
     r = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--prompt", PROMPT, "--probe", str(tmp_path / "probe"),
                             "--point", "resid_post:1", "--alpha", "6", "--max-new-tokens", "6", "--temperature", "0"])
     assert r.exit_code == 0, r.output
     expected = st.generate(tiny_model, PROMPT, st.from_direction(_unit(), P1, name), 6.0, max_new_tokens=6, temperature=0)
     assert r.stdout == expected + "\n"
+    r = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--prompt", PROMPT, "--probe", str(tmp_path / "probe"),
+                            "--point", "resid_post:2", "--alpha", "6"])
+    assert "blocks.2.hook_resid_post" in _error(r) and "lack" in _error(r)
     saes = pytest.importorskip("saes.io")
     from saes.architectures import SAEConfig, make_sae
 

@@ -43,8 +43,22 @@ def test_probe_command_writes_outputs(app, tiny_llama_dir, tmp_path):
     assert list(data["points"]) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     for m in data["points"].values():
         assert m["selectivity"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
+        assert m["C"] in [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
+        assert f"{m['C']:g}" in res.output and f"{m['shuffled_accuracy']:.3f}" in res.output
     assert (out / "directions.safetensors").exists() and (out / "report.html").exists()
     assert "blocks.1.hook_resid_post" in res.output and str(out / "results.json") in res.output
+    assert "shuffled-label baseline" in res.output and "control task" in res.output
+    # a fixed C and the control types from a column
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text("".join(json.dumps({**r, "kind": i % 6}) + "\n" for i, r in enumerate(rows)))
+    res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(typed), "--text-field", "sentence",
+                              "--label-field", "y", "--type-field", "kind", "--points", "resid_post:1", "--C", "0.5",
+                              "--out", str(out), "--bootstrap", "20"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["points"]["blocks.1.hook_resid_post"]["C"] == 0.5
+    assert data["control_task"]["types"] == [i % 6 for i in range(24)] and data["control_task"]["n_types_both_sides"] == 6
 
 
 def test_probe_command_bad_data(app, tiny_llama_dir, tmp_path):
@@ -58,6 +72,12 @@ def test_probe_command_bad_data(app, tiny_llama_dir, tmp_path):
     res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(labelled(tmp_path)),
                               "--label-field", "nope", "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, InterpError)
+    res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(labelled(tmp_path)), "--text-field", "sentence",
+                              "--label-field", "y", "--C", "-1", "--out", str(tmp_path / "o")])
+    assert isinstance(res.exception, InterpError) and "--C must be positive" in str(res.exception)
+    res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(labelled(tmp_path)), "--text-field", "sentence",
+                              "--label-field", "y", "--pool", "median", "--out", str(tmp_path / "o")])
+    assert isinstance(res.exception, InterpError) and "unknown pool 'median'" in str(res.exception)
 
 
 def test_tcav_command_writes_outputs(app, tiny_llama_dir, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from interp.data import load_labelled
 from probes import probe_layers
+from probes.regularization import DEFAULT_CS
 
 
 @pytest.mark.slow
@@ -17,8 +18,12 @@ def test_sentiment_probe_on_smollm2(smol):
     print(f"\nbest {result.best_point}: {best}")
     for p in result.points:
         m = result.metrics[p]
-        print(f"  {p}: acc {m['accuracy']:.3f} control {m['control_accuracy']:.3f} selectivity {m['selectivity']:.3f}")
+        print(f"  {p}: acc {m['accuracy']:.3f} control {m['control_accuracy']:.3f} selectivity {m['selectivity']:.3f} "
+              f"shuffled {m['shuffled_accuracy']:.3f} C {m['C']:g}")
+        assert m["C"] in DEFAULT_CS
+        assert m["selectivity"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
+    assert result.control["n_types_both_sides"] >= 20
     assert best["accuracy"] >= 0.8
     assert best["selectivity"] >= 0.2
     assert best["selectivity_ci"][0] > 0.0
-    assert abs(best["control_accuracy"] - 0.5) <= 0.2
+    assert abs(best["shuffled_accuracy"] - 0.5) <= 0.2
