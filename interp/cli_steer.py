@@ -153,6 +153,7 @@ def generate(
     positions: str = typer.Option("all", help=POSITIONS_HELP),
     norm_preserve: bool = typer.Option(False, "--norm-preserve", help="Rescale each steered activation to its original norm."),
     compare: bool = typer.Option(False, "--compare", help="Show the unsteered and steered continuations side by side."),
+    no_kv_cache: bool = typer.Option(False, "--no-kv-cache", help="Generate without the KV cache (slower; for checking the cached path)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
 ) -> None:
     """Generate text, optionally steered by a vector, an SAE feature or a probe direction."""
@@ -173,7 +174,8 @@ def generate(
     elif probe is not None:
         vec = _probe_vector(lm, probe, point)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                  positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
+                  positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit,
+                  kv_cache=False if no_kv_cache else None)
     steered = steer_generate(lm, prompt, vec, a, **kwargs)
     if not compare:
         typer.echo(steered)
@@ -232,5 +234,5 @@ def evaluate(
     result.update({"vector": meta, "vector_dir": str(vector), "probe": probe_info})
     write_eval_report(result, out)
     for row in result["curve"]:
-        typer.echo("  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        typer.echo("  ".join(f"{k} {v:.3f}" for k, v in row.items() if not k.endswith("_by_seed")))
     typer.echo(f"wrote {out}/results.json and {out}/report.html")

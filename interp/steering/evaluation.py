@@ -54,18 +54,21 @@ def evaluate(
 ) -> dict:
     """Generate after each prompt at each alpha (same seeds), score the continuations, measure fluency.
 
-    Returns `{"curve": [{alpha, <scorer>: mean, fluency: mean loss}], "samples": [{prompt, seed,
+    Returns `{"curve": [{alpha, <scorer>: mean, <scorer>_by_seed: {seed: mean over prompts},
+    fluency: mean loss}], "samples": [{prompt, seed,
     texts: {alpha: continuation}}], "settings": {...}}`. alpha 0 is the unsteered baseline.
     """
     scorers = scorers if scorers is not None else {"lexicon": LexiconScorer()}
     gen_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, positions=positions,
                       norm_preserve=norm_preserve, alpha_unit=alpha_unit)
     texts: dict[float, list[str]] = {a: [] for a in alphas}
+    text_seeds: dict[float, list[int]] = {a: [] for a in alphas}
     losses: dict[float, list[float]] = {a: [] for a in alphas}
     samples: dict[tuple[str, int], dict] = {}
     for a, p, s, prompt_ids, new in _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, "steer eval"):
         text = model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
         texts[a].append(text)
+        text_seeds[a].append(s)
         losses[a].append(continuation_loss(model, prompt_ids, new))
         samples.setdefault((p, s), {"prompt": p, "seed": s, "texts": {}})["texts"][str(a)] = text
     curve = []
@@ -74,11 +77,16 @@ def evaluate(
         for name, scorer in scorers.items():
             vals = scorer(texts[a])
             row[name] = sum(vals) / len(vals)
+            row[f"{name}_by_seed"] = {str(seed): _mean([v for v, t in zip(vals, text_seeds[a]) if t == seed]) for seed in seeds}
         finite = [x for x in losses[a] if x == x]
         row["fluency_loss"] = sum(finite) / len(finite) if finite else float("nan")
         curve.append(row)
     settings = {**gen_kwargs, "seeds": list(seeds), "alphas": [float(a) for a in alphas], "n_prompts": len(prompts)}
     return {"curve": curve, "samples": list(samples.values()), "settings": settings}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
 def layer_sweep(

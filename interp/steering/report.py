@@ -17,7 +17,7 @@ def eval_figure(curve: Sequence[dict], title: str = "steering effect") -> go.Fig
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     alphas = [r["alpha"] for r in curve]
     for key in curve[0]:
-        if key not in ("alpha", "fluency_loss"):
+        if key not in ("alpha", "fluency_loss") and not key.endswith("_by_seed"):
             fig.add_trace(go.Scatter(x=alphas, y=[r[key] for r in curve], mode="lines+markers", name=key), secondary_y=False)
     fig.add_trace(go.Scatter(x=alphas, y=[r["fluency_loss"] for r in curve], mode="lines+markers", name="fluency loss",
                              line={"dash": "dot"}), secondary_y=True)
@@ -34,7 +34,7 @@ def write_eval_report(result: dict, out: str | Path, title: str = "Steering eval
     alphas = [str(a) for a in result["settings"]["alphas"]]
     rows = [{"prompt": s["prompt"], "seed": s["seed"], **{f"alpha {a}": s["texts"].get(a, "") for a in alphas}}
             for s in result["samples"]]
-    sections = ["<h2>Means per alpha</h2>", html_table(result["curve"]), "<h2>Samples (same seed across alphas)</h2>",
+    sections = ["<h2>Means per alpha</h2>", html_table([{k: v for k, v in r.items() if not k.endswith("_by_seed")} for r in result["curve"]]), "<h2>Samples (same seed across alphas)</h2>",
                 html_table(rows).replace("<td>", "<td style='text-align:left;vertical-align:top'>")]
     intro = (f"Vector: {result.get('vector', {}).get('method', '?')} at {', '.join(result.get('vector', {}).get('points', []))}; "
              f"alpha unit: {result['settings']['alpha_unit']}. Scores come from scorers independent of the vector; "

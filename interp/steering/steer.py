@@ -101,10 +101,12 @@ def generate_ids(
     positions: str = "all",
     norm_preserve: bool = False,
     alpha_unit: str = "vector",
+    kv_cache: bool | None = None,
 ) -> torch.Tensor:
     """The new token ids `(n_new,)` generated after `prompt` (`temperature=0` is greedy).
 
-    The KV cache is used where `interp.generation.kv_cache_works` finds it right for this model.
+    `kv_cache=None` uses the KV cache where `interp.generation.kv_cache_works` finds it right for
+    this model; False never uses it (slower; the same tokens where the cache is right).
 
     `torch.manual_seed(seed)` runs before generation, so steered and unsteered runs with the same
     seed draw the same random numbers and differ only through the steering.
@@ -117,7 +119,7 @@ def generate_ids(
     tokens = tokens.reshape(1, -1).to(model_device(model))
     greedy = temperature == 0
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=1.0 if greedy else temperature,
-                  top_k=top_k, top_p=top_p, use_past_kv_cache=kv_cache_works(model), verbose=False, return_type="tokens")
+                  top_k=top_k, top_p=top_p, use_past_kv_cache=kv_cache is not False and kv_cache_works(model), verbose=False, return_type="tokens")
     torch.manual_seed(seed)
     with torch.no_grad(), ExitStack() as stack:
         if vector is not None:
@@ -131,7 +133,7 @@ def generate(model, prompt: str, vector: SteeringVector | Sequence[SteeringVecto
     """The text generated after `prompt` (prompt excluded), steered by `alpha * vector` if given.
 
     Keyword arguments are those of `generate_ids` (max_new_tokens, temperature, top_k, top_p,
-    seed, positions, norm_preserve, alpha_unit).
+    seed, positions, norm_preserve, alpha_unit, kv_cache).
     """
     ids = generate_ids(model, prompt, vector, alpha, **kwargs)
     return model.tokenizer.decode(ids.tolist(), skip_special_tokens=True)

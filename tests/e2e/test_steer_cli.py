@@ -1,0 +1,49 @@
+"""`interp steer generate|build|eval` end to end on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from interp.steering import BUILTIN_PROMPTS
+from tests.e2e.cli import interp
+
+pytestmark = pytest.mark.slow
+
+PUNCTUATION_RUN = re.compile(r"([^\w\s])\1{3,}")  # e.g. "-------", the symptom of a never-filled KV cache
+ALPHA = 0.5  # in units of the mean residual norm at the point
+# Per seed, mean probe P(positive) at +ALPHA minus at -ALPHA over the prompts. Measured: MARGIN_MEASURED.
+# A vector that does nothing gives ~0; one with its sign flipped gives a negative margin.
+MIN_MARGIN = 0.3
+
+
+def test_greedy_generation_is_coherent_with_and_without_the_kv_cache():
+    args = ("steer", "generate", "--prompt", "The capital of France is", "--max-new-tokens", "12", "--temperature", "0")
+    cached = interp(*args).stdout
+    uncached = interp(*args, "--no-kv-cache").stdout
+    print(repr(cached))
+    assert "Paris" in cached
+    assert not PUNCTUATION_RUN.search(cached)
+    assert cached == uncached
+
+
+def test_steer_build_then_eval_moves_a_heldout_probe_across_seeds(tmp_path):
+    vec, out, prompts = tmp_path / "vec", tmp_path / "eval", tmp_path / "prompts.txt"
+    build = interp("steer", "build", "--positive", "builtin:sentiment", "--layer", "9", "--out", str(vec))
+    assert (vec / "vector.safetensors").exists() and str(vec) in build.stdout
+    prompts.write_text("\n".join(BUILTIN_PROMPTS[:6]) + "\n")
+    interp("steer", "eval", "--vector", str(vec), "--out", str(out), "--prompts", str(prompts),
+           "--alphas", f"-{ALPHA},0,{ALPHA}", "--alpha-unit", "norm", "--seeds", "3", "--max-new-tokens", "20")
+    result = json.loads((out / "results.json").read_text())
+    assert (out / "report.html").read_text().count("plotly") > 0
+    curve = {row["alpha"]: row for row in result["curve"]}
+    by_seed = {a: row["probe_p_positive_by_seed"] for a, row in curve.items()}
+    margins = [by_seed[ALPHA][s] - by_seed[-ALPHA][s] for s in by_seed[ALPHA]]
+    print("probe P(positive) by alpha:", {a: round(r["probe_p_positive"], 3) for a, r in curve.items()},
+          "margins by seed:", [round(m, 3) for m in margins],
+          "fluency loss:", {a: round(r["fluency_loss"], 2) for a, r in curve.items()})
+    assert len(margins) == 3
+    assert min(margins) > MIN_MARGIN
+    assert curve[-ALPHA]["probe_p_positive"] < curve[0.0]["probe_p_positive"] < curve[ALPHA]["probe_p_positive"]
