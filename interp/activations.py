@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp import fastpath
 from interp.atomic import atomic_path, write_json
 from interp.data import bos_id, fingerprint, token_batches
 from interp.errors import InterpError
@@ -38,10 +37,6 @@ from interp.readout import token_activations
 
 STORE_VERSION = 2  # 2: `widths` and `shapes` per point (version 1 had one `d` for all points)
 NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-
-
-def _model_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def point_shapes(model_or_hm: Any, points: str | Sequence[str]) -> dict[str, tuple[int, ...]]:
