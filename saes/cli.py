@@ -28,6 +28,7 @@ console = Console()
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
 DATA_HELP = "builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"
 DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
+SHUFFLE_TOKENS = 2**17  # a streamed harvest shuffles rows within blocks of about this many tokens
 
 
 def parse_latents(text: str, d_sae: int) -> list[int]:
@@ -73,13 +74,15 @@ def _print_metrics(results: dict[str, Any]) -> None:
 
 
 def _eval_and_report(sae, bridge, data: str, tokens: int, out: Path, ctx_len: int, batch_size: int,
-                     skip_contexts: int, text_field: str) -> dict[str, Any]:
-    from saes.evaluate import evaluate_sae, write_eval_report
+                     skip_contexts: int, text_field: str, held_out: bool | None, sae_dir: Path) -> dict[str, Any]:
+    """Evaluate after `skip_contexts` contexts, print the table, write report.html + results.json to `out`."""
+    from saes.evaluate import add_training_dead, evaluate_sae, write_eval_report
+    from saes.io import read_training_record
 
     try:
         results = evaluate_sae(sae, bridge, data, tokens, ctx_len=ctx_len, batch_size=batch_size,
                                skip_contexts=skip_contexts, text_field=text_field)
-        results["held_out"] = skip_contexts > 0
+        results["held_out"] = held_out
     except InterpError:
         if not skip_contexts:
             raise
@@ -87,10 +90,40 @@ def _eval_and_report(sae, bridge, data: str, tokens: int, out: Path, ctx_len: in
         console.print("[yellow]note:[/] the data has no text left after the training tokens; evaluating on text seen in training")
         results = evaluate_sae(sae, bridge, data, tokens, ctx_len=ctx_len, batch_size=batch_size, text_field=text_field)
         results["held_out"] = False
+    add_training_dead(results, read_training_record(sae_dir))
     _print_metrics(results)
     html_path, json_path = write_eval_report(results, out / "report.html")
     console.print(f"wrote {html_path} and {json_path}")
     return results
+
+
+def _check_store_folder(store: Path) -> None:
+    """One-line refusal of a --store that is a file, or a non-empty folder that is not an activation store."""
+    if store.exists() and not store.is_dir():
+        raise InterpError(f"--store {store} is a file, not a folder: choose a new or empty folder for the activation store")
+    if store.is_dir() and not (store / "manifest.json").exists() and any(store.iterdir()):
+        raise InterpError(f"--store {store} holds other files and no activation store (no manifest.json): choose a new or empty folder")
+
+
+def _training_span(cfg) -> int | None:
+    """Stream tokens from the start of the training text that training may have read (None: unknown)."""
+    if cfg.train_contexts is None:
+        return None
+    return cfg.train_contexts * (cfg.context_size - 1)
+
+
+def _stream_source(bridge, point: str, data: str, tokens: int, ctx_len: int, batch_size: int, seed: int, device,
+                   text_field: str):
+    """A callable source for `train_sae`: `source(start)` streams the point's activations from
+    token `start` on, without running the model over the text before the shuffle block holding it."""
+    from interp.activations import harvest
+
+    def source(start: int):
+        stream = harvest(bridge, point, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed, device=device,
+                         text_field=text_field, progress=True, shuffle_buffer_tokens=SHUFFLE_TOKENS, skip_tokens=start)
+        return (batch[point] for batch in stream)
+
+    return source
 
 
 @app.command()
@@ -108,28 +141,39 @@ def train(
     expansion: int = typer.Option(8, "--expansion", help="d_sae = expansion * d_in"),
     tokens: int = typer.Option(1_000_000, "--tokens", help="training tokens"),
     batch_size: int = typer.Option(4096, "--batch-size", help="tokens per training step"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: scaled with width)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default: scaled with width)"),
     data: str = typer.Option("builtin", "--data", help=DATA_HELP),
     text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
     ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
     store: Optional[Path] = typer.Option(None, "--store", help="activation store to train from (harvested there first if missing); default: stream"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in --out"),
+    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", help="write a checkpoint every this many minutes (0: off)"),
+    checkpoint_steps: int = typer.Option(0, "--checkpoint-steps", help="write a checkpoint every this many steps (0: off)"),
     eval_tokens: int = typer.Option(10_000, "--eval-tokens", help="tokens for the evaluation after training (0: skip it)"),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
-    """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it."""
+    """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it on held-out text."""
     from interp import HookManager, load_model
-    from interp.activations import ActivationStore, build_store, harvest
+    from interp.activations import ActivationStore, build_store, check_store
+    from interp.data import fingerprint
+    from interp.manifest import make_manifest
     from saes.architectures import SAEConfig
     from saes.io import point_width
-    from saes.train import TrainConfig, train_sae
+    from saes.train import TrainConfig, check_out_dir, train_sae
 
     _positive(tokens, "--tokens")
     _positive(batch_size, "--batch-size")
     _positive(expansion, "--expansion")
     if eval_tokens < 0:
         raise InterpError(f"--eval-tokens must be 0 or positive, got {eval_tokens}")
+    if checkpoint_minutes < 0 or checkpoint_steps < 0:
+        raise InterpError("--checkpoint-minutes and --checkpoint-steps must be 0 (off) or positive")
+    # Everything that can be refused is refused before the model loads or anything is written.
+    check_out_dir(out, resume, overwrite)
+    if store is not None:
+        _check_store_folder(store)
     bridge = load_model(model, device=device)
     hm = HookManager(bridge)
     if hook is None:
@@ -139,6 +183,14 @@ def train(
         raise InterpError(f"--hook {hook!r} names {len(names)} points: an SAE is trained on one hook point")
     point = names[0]
     d_in = point_width(hm, point)
+    data_fp = fingerprint(data, text_field)
+    have = None
+    if store is not None and (store / "manifest.json").exists():
+        check_store(store, bridge.interp_name, [point], data_fp, ctx_len, text_field)
+        have = ActivationStore(store)
+    body = ctx_len - 1
+    # Contexts from the start of the text that training may read: evaluation starts after them.
+    train_contexts = math.ceil(max(tokens, have.n_tokens if have is not None else 0) / body) if store else math.ceil(tokens / body)
     cfg = SAEConfig(
         d_in=d_in,
         d_sae=width if width is not None else expansion * d_in,
@@ -151,31 +203,28 @@ def train(
         hook_layer=hm.layer_of(point) if hm.layer_of(point) is not None else -1,
         context_size=ctx_len,
         dataset=data,
+        manifest=make_manifest(bridge.interp_name, {point: d_in}, data_fp, ctx_len),
+        train_contexts=train_contexts,
     )
-    tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                       checkpoint_every=checkpoint_steps, checkpoint_minutes=checkpoint_minutes or None)
     if store is not None:
-        have = ActivationStore(store) if (store / "manifest.json").exists() else None
-        if have is None or point not in have.points or have.n_tokens < tokens:
+        if have is None or have.n_tokens < tokens:
             have = build_store(bridge, point, data, tokens, store, ctx_len=ctx_len, text_field=text_field)
             console.print(f"activations stored in {store}")
         source: Any = have.batches(point, batch_size=batch_size, shuffle=True, seed=seed)
-        used = have.n_tokens
     else:
-        used = tokens
-        stream = harvest(bridge, point, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed,
-                         device=tcfg.resolved_device(), text_field=text_field, progress=True)
-        source = (batch[point] for batch in stream)
+        source = _stream_source(bridge, point, data, tokens, ctx_len, batch_size, seed, tcfg.resolved_device(), text_field)
+
     console.print(f"training a {cfg.arch} SAE with {cfg.d_sae} latents on {point} (d_in {d_in}) for {tokens:,} tokens")
     try:
-        sae = train_sae(source, cfg, tcfg, out, resume=resume)
+        sae = train_sae(source, cfg, tcfg, out, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         console.print(f"interrupted: a checkpoint is in {out}; run the same command with --resume to continue")
         raise
     console.print(f"saved the SAE to {out} (cfg.json, sae_weights.safetensors; loads in SAELens with SAE.load_from_disk)")
     if eval_tokens:
-        # Training read the first `used` tokens of the data; evaluate on the text after them.
-        held_out = math.ceil(used / (ctx_len - 1))
-        _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, held_out, text_field)
+        _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, train_contexts, text_field, True, out)
 
 
 def _load_for(sae_dir: Path, model: Optional[str], device: Optional[str]):
@@ -190,8 +239,14 @@ def _load_for(sae_dir: Path, model: Optional[str], device: Optional[str]):
         if model is None:
             raise InterpError(f"could not load the SAE's model {spec!r} ({exc}); pass --model") from None
         raise
-    if sae.cfg.model_name and bridge.interp_name != sae.cfg.model_name:
-        console.print(f"[yellow]note:[/] the SAE was trained on {sae.cfg.model_name!r}; running it on {bridge.interp_name!r}")
+    trained_on = (sae.cfg.manifest or {}).get("model") or sae.cfg.model_name
+    if trained_on and bridge.interp_name != trained_on:
+        # Either the model the SAE names under another name, or an explicit --model: the user's
+        # choice (e.g. an SAE carried from a base to a chat model), so the name is not checked.
+        if model is not None:
+            console.print(f"[yellow]note:[/] the SAE was trained on {trained_on!r}; running it on {bridge.interp_name!r}")
+        if sae.cfg.manifest:
+            sae.cfg.manifest = {**sae.cfg.manifest, "model": None}
     return sae, bridge
 
 
@@ -203,24 +258,36 @@ def eval_(
     data: str = typer.Option("builtin", "--data", help=DATA_HELP),
     text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
     tokens: int = typer.Option(10_000, "--tokens", help="evaluation tokens"),
-    skip_tokens: int = typer.Option(0, "--skip-tokens", help="skip this many tokens at the start of the data (e.g. the training tokens)"),
+    skip_tokens: Optional[int] = typer.Option(None, "--skip-tokens", help="skip this many tokens at the start of the data "
+                                              "(default: the SAE's training text, when --data is the text it was trained on)"),
     ctx_len: Optional[int] = typer.Option(None, "--ctx-len", help="context length (default: the SAE's)"),
     batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for report.html and results.json (default: the SAE folder)"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Measure an SAE: MSE, variance explained, L0, dead/dense latents, CE loss recovered."""
+    from interp.data import fingerprint
     from saes.io import check_compatible
 
     _positive(tokens, "--tokens")
     _positive(batch_size, "--batch-size")
-    if skip_tokens < 0:
+    if skip_tokens is not None and skip_tokens < 0:
         raise InterpError(f"--skip-tokens must be 0 or positive, got {skip_tokens}")
     sae, bridge = _load_for(sae_dir, model, device)
     if hook is not None:
         check_compatible(sae, bridge, hook)
     ctx = ctx_len or sae.cfg.context_size or 128
-    _eval_and_report(sae, bridge, data, tokens, out or sae_dir, ctx, batch_size, math.ceil(skip_tokens / (ctx - 1)), text_field)
+    trained_text = (sae.cfg.manifest or {}).get("data_fingerprint")
+    same_text = trained_text is not None and trained_text == fingerprint(data, text_field)
+    span = _training_span(sae.cfg) if same_text else None
+    if skip_tokens is None:
+        skip_tokens = span or 0
+    held_out: bool | None = None if trained_text is None else (not same_text or (span is not None and skip_tokens >= span))
+    if same_text and span is not None and skip_tokens < span:
+        console.print(f"[yellow]note:[/] the SAE trained on the first {span:,} tokens of this text; "
+                      f"skipping {skip_tokens:,} evaluates on some of them")
+    _eval_and_report(sae, bridge, data, tokens, out or sae_dir, ctx, batch_size, math.ceil(skip_tokens / (ctx - 1)),
+                     text_field, held_out, sae_dir)
 
 
 @app.command()

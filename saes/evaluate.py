@@ -6,9 +6,13 @@ Metrics (`evaluate_sae` returns them in one dict, also written as results.json):
 - `fve`: fraction of variance explained, `1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`
   (`fvu = 1 - fve`);
 - `l0`: mean number of active latents per token;
-- `dead_fraction`: latents that never fired in the evaluation window; `dense_fraction`: latents
-  firing on more than `dense_threshold` (10%) of tokens; `feature_density`: each latent's firing
-  frequency;
+- `dead_fraction_eval_window`: latents that never fired in the evaluation window of
+  `eval_window_tokens` tokens. A short window overstates it: a live latent of density 1e-4 goes
+  unseen in 10k tokens with probability e^-1 (37%). The trainer's own figure,
+  `dead_fraction_training` (not fired in the last `training_window_tokens` tokens of training),
+  is added from the SAE folder's `training.json` by `add_training_dead`;
+- `dense_fraction`: latents firing on more than `dense_threshold` (10%) of tokens;
+  `feature_density`: each latent's firing frequency;
 - `ce_loss_clean` / `ce_loss_spliced` / `ce_loss_ablated`: the model's next-token loss as is,
   with the SAE's reconstruction in place of the activation, and with the activation zeroed;
   `ce_loss_recovered = (ablated - spliced) / (ablated - clean)` (1: the SAE loses nothing; 0: no
@@ -36,6 +40,8 @@ from interp.atomic import write_json
 from interp.data import token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
+from interp.manifest import check_compatible as check_manifest
+from interp.manifest import make_manifest
 from interp.models import model_device, model_name
 from interp.reports import html_table, write_report
 from saes.architectures import SAE
@@ -81,12 +87,41 @@ class _Stats:
             "fvu": fvu,
             "fve": 1.0 - fvu,
             "l0": self.active / n,
-            "dead_fraction": float((density == 0).mean()),
+            "dead_fraction_eval_window": float((density == 0).mean()),
+            "n_dead_eval_window": int((density == 0).sum()),
+            "eval_window_tokens": n,
             "dense_fraction": float((density > dense_threshold).mean()),
-            "n_dead": int((density == 0).sum()),
             "n_dense": int((density > dense_threshold).sum()),
             "feature_density": density.tolist(),
         }
+
+
+def activation_metrics(sae: SAE, batches: Any, dense_threshold: float = DENSE_THRESHOLD) -> dict[str, Any]:
+    """Reconstruction and sparsity metrics of `sae` over activation `batches` (each `(n, d_in)`), no model needed.
+
+    The same figures `evaluate_sae` reports (mse, fve, l0, dead/dense fractions over this window,
+    feature_density), for activations already at hand (a store, a tensor list).
+    """
+    stats = _Stats(sae.cfg.d_in, sae.cfg.d_sae)
+    for batch in batches:
+        stats.update(sae, batch.float() if batch.dtype == torch.bfloat16 else batch)
+    if stats.n == 0:
+        raise InterpError("no activations to evaluate on: give at least one non-empty batch")
+    return stats.metrics(dense_threshold)
+
+
+def add_training_dead(results: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+    """Add the trainer's dead-latent figure from a `training.json` record to `results` (in place).
+
+    Sets `dead_fraction_training`, `n_dead_training` and `training_window_tokens` (dead: not fired
+    in the last that many training tokens) beside the evaluation window's figure.
+    """
+    dead = (record or {}).get("dead_latents")
+    if dead:
+        results["dead_fraction_training"] = dead["dead_fraction"]
+        results["n_dead_training"] = dead["n_dead"]
+        results["training_window_tokens"] = dead["window_tokens"]
+    return results
 
 
 def lm_losses(
@@ -181,8 +216,8 @@ def evaluate_sae(
     stats = _Stats(sae.cfg.d_in, sae.cfg.d_sae)
     if isinstance(source_or_store, ActivationStore):
         store = source_or_store
-        if store.d != sae.cfg.d_in:
-            raise InterpError(f"the store at {store.path} holds width-{store.d} activations but the SAE has d_in {sae.cfg.d_in}")
+        check_manifest(store.schema, make_manifest(None, {name: sae.cfg.d_in}), f"the store at {store.path}",
+                       "evaluate on a store of the SAE's hook point and width")
         seen = 0
         for batch in store.batches(name, batch_size=4096, shuffle=False):
             batch = batch[: n_tokens - seen]
@@ -215,6 +250,9 @@ def evaluate_sae(
         "data": source_or_store.manifest.get("data") if isinstance(source_or_store, ActivationStore) else source_or_store,
         "dense_threshold": dense_threshold,
         "keep_bos": keep_bos,
+        "ctx_len": ctx,
+        # The contexts of the text the language-model loss (and, from text, every metric) ran on.
+        "eval_contexts": [skip_contexts, skip_contexts + math.ceil(lm["lm_tokens"] / (ctx - 1))],
     }
     metrics = stats.metrics(dense_threshold)
     density = metrics.pop("feature_density")
@@ -226,7 +264,8 @@ def evaluate_sae(
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The scalar metrics as (metric, value) rows for a table."""
-    keys = ["n_tokens", "mse", "fve", "fvu", "l0", "dead_fraction", "dense_fraction", "ce_loss_clean",
+    keys = ["n_tokens", "mse", "fve", "fvu", "l0", "dead_fraction_eval_window", "eval_window_tokens",
+            "dead_fraction_training", "training_window_tokens", "dense_fraction", "ce_loss_clean",
             "ce_loss_spliced", "ce_loss_ablated", "ce_loss_recovered", "lm_tokens"]
     return [{"metric": k, "value": results[k]} for k in keys if k in results]
 

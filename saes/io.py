@@ -10,15 +10,24 @@ A saved SAE is a folder:
     sae_weights.safetensors   W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in),
                               b_dec (d_in,), and threshold (d_sae,) for jumprelu
 
+Our saves put one random save id in both files (`metadata.interp_save_id` in cfg.json, the
+safetensors header's `interp_save_id`), weights first; loading checks they agree, so a save cut
+short between the two writes is an error, never new weights under an old config. Our config also records the
+`interp.manifest` schema (model, point, width, data fingerprint, ctx_len) it was trained with, in
+`metadata.interp.manifest`; `check_compatible` compares it with where the SAE is about to be used.
+
 Architectures map to SAELens's as: relu -> standard, topk -> topk, jumprelu -> jumprelu,
 batchtopk -> jumprelu (SAELens's own inference form of a BatchTopK SAE: its scalar threshold
-repeated per latent), topafa -> topafa (no SAELens equivalent: loads here only).
+repeated per latent), topafa -> topafa (no SAELens equivalent: loads here only). A SAELens
+`batchtopk` file (a training checkpoint) keeps its threshold as the scalar tensor `topk_threshold`;
+a BatchTopK file without a threshold is refused (it would run as a plain ReLU SAE).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +36,15 @@ import torch
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.hooks import HookManager
-from interp.models import model_device
+from interp.manifest import check_compatible as check_manifest
+from interp.manifest import make_manifest
+from interp.models import model_device, model_name
 from saes.architectures import SAE, SAEConfig, sae_from_tensors
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+TRAINING_FILENAME = "training.json"
+SAVE_ID = "interp_save_id"
 # The SAELens release whose file format this module writes; SAELens reads any config that says
 # 6.x in the new layout, and treats configs without a version as the older pre-6 layout.
 SAELENS_FORMAT_VERSION = "6.54.12"
@@ -77,8 +90,8 @@ def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
 def save_sae(sae: SAE, path: str | os.PathLike) -> None:
     """Write `sae` to the folder `path` (created if needed) as `cfg.json` + `sae_weights.safetensors`.
 
-    Both files are written atomically, the weights first, so a folder whose cfg.json exists holds
-    complete weights.
+    Both files are written atomically and carry the same save id, so `load_sae` tells a folder
+    whose save was cut short between the two writes (new weights, old cfg.json) from a whole one.
     """
     path = Path(path)
     cfg_dict = _saelens_cfg(sae.cfg)
@@ -92,7 +105,9 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InterpError(f"cannot write the SAE to {path} ({exc.strerror}): choose a writable folder") from None
-    write_safetensors(path / WEIGHTS_FILENAME, tensors)
+    save_id = uuid.uuid4().hex
+    cfg_dict["metadata"][SAVE_ID] = save_id
+    write_safetensors(path / WEIGHTS_FILENAME, tensors, metadata={SAVE_ID: save_id})
     write_json(path / CFG_FILENAME, cfg_dict)
 
 
@@ -111,14 +126,16 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights file's tensors and its header metadata."""
+    from safetensors import safe_open
 
     weights = path / WEIGHTS_FILENAME
     if not weights.exists():
         raise InterpError(f"{path} holds no {WEIGHTS_FILENAME}: the SAE was not saved completely; save or train it again")
     try:
-        return load_file(str(weights), device="cpu")
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise InterpError(f"{weights} is corrupt or truncated ({first}): save or train the SAE again") from None
@@ -168,11 +185,11 @@ def _config_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAEConfig:
         raise InterpError(f"{cfg_path} asks for normalize_activations={norm!r}, which this project does not apply: use an SAE with 'none'")
     if cfg.get("reshape_activations", "none") not in ("none", None):
         raise InterpError(f"{cfg_path} is a hook_z SAE (reshape_activations={cfg['reshape_activations']!r}): only flat activations are supported")
-    if cfg.get("rescale_acts_by_decoder_norm") and arch != "topk":
+    if cfg.get("rescale_acts_by_decoder_norm") and arch not in ("topk", "batchtopk"):
         raise InterpError(f"{cfg_path} sets rescale_acts_by_decoder_norm on a {arch_name!r} SAE, which this project does not support: fold the decoder norms first")
     k = None
     if arch in ("topk", "batchtopk"):
-        k = int(_require(cfg, "k", cfg_path))
+        k = int(round(float(_require(cfg, "k", cfg_path))))  # SAELens's BatchTopK k is a float mean
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point") or ""
     layer = _layer_of(hook)
     return SAEConfig(
@@ -201,15 +218,26 @@ def load_sae(path: str | os.PathLike, device: str | torch.device | None = None) 
     """Load an SAE saved by `save_sae` or by SAELens (`SAE.save_model`) from the folder `path`.
 
     Reads JSON and safetensors only. A missing or corrupt file, a config without a needed field,
-    or weights whose shapes disagree with the config raise `InterpError`.
+    weights whose shapes disagree with the config, a BatchTopK SAE without its threshold, or a
+    cfg.json and weights from different saves raise `InterpError`.
     """
     path = Path(path)
     raw = _read_cfg(path)
     cfg = _config_from_saelens(raw, path / CFG_FILENAME)
-    tensors = _read_weights(path)
+    tensors, header = _read_weights(path)
+    # Weights without an id were written by other code (an edit, another tool) and are taken as
+    # they are; two different ids mean our save wrote new weights and stopped before cfg.json.
+    saved_as, weights_id = (raw.get("metadata") or {}).get(SAVE_ID), header.get(SAVE_ID)
+    if saved_as is not None and weights_id is not None and weights_id != saved_as:
+        raise InterpError(
+            f"{path}: {CFG_FILENAME} and {WEIGHTS_FILENAME} come from different saves (a save was cut short): "
+            "save or train the SAE again, or resume its training"
+        )
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         if name not in tensors:
             raise InterpError(f"{path / WEIGHTS_FILENAME} lacks the tensor {name!r} (has {', '.join(sorted(tensors))}): save the SAE again")
+    if cfg.arch == "batchtopk" and "threshold" not in tensors and "topk_threshold" in tensors:
+        tensors["threshold"] = tensors.pop("topk_threshold")  # SAELens's name for the running threshold
     if raw.get("rescale_acts_by_decoder_norm"):
         tensors = _fold_decoder_norms(tensors)
     try:
@@ -246,11 +274,26 @@ def point_width(hm: HookManager, point: str) -> int | None:
     return int(acts[point].shape[-1])
 
 
-def check_compatible(sae: SAE, model_or_hm: Any, point: str | None = None) -> str:
+def sae_manifest(sae: SAE) -> dict[str, Any]:
+    """The `interp.manifest` record of what made `sae`, its width taken from the weights.
+
+    An SAE without a recorded manifest (made in memory, or loaded from SAELens) gets one with an
+    unknown model, its hook point and `d_in`, and no data: only the point and width are checked.
+    """
+    cfg = sae.cfg
+    point = cfg.hook_name
+    have = dict(cfg.manifest) if cfg.manifest else make_manifest(None, {point: cfg.d_in} if point else {})
+    if point:
+        have["points"], have["widths"] = [point], {point: cfg.d_in}
+    return have
+
+
+def check_compatible(sae: SAE, model_or_hm: Any, point: str | None = None, check_model: bool = True) -> str:
     """Check that `sae` fits the hook point `point` of the model; returns the resolved point name.
 
-    `point` defaults to the point the SAE was trained on. Raises `InterpError` when the SAE was
-    trained for another point, or when its `d_in` differs from the point's width.
+    `point` defaults to the point the SAE was trained on. Goes through `interp.manifest`: raises
+    `InterpError` when the SAE was trained for another point, on another model (when its manifest
+    names one and `check_model`), or when its `d_in` differs from the point's width.
     """
     hm = model_or_hm if isinstance(model_or_hm, HookManager) else HookManager(model_or_hm)
     trained = sae.cfg.hook_name
@@ -264,6 +307,22 @@ def check_compatible(sae: SAE, model_or_hm: Any, point: str | None = None) -> st
             f"this SAE was trained on {trained}, not {name}: use it at {trained} (or train one for {name})"
         )
     width = point_width(hm, name)
-    if width is not None and width != sae.cfg.d_in:
-        raise InterpError(f"the SAE has d_in {sae.cfg.d_in} but {name} has width {width}: use an SAE trained on this model and point")
+    have = sae_manifest(sae)
+    if not trained:
+        have["points"], have["widths"] = [name], {name: sae.cfg.d_in}
+    want = make_manifest(model_name(hm.model) if check_model else None, {name: width} if width is not None else {})
+    want["points"] = [name]
+    check_manifest(have, want, "the SAE", "use an SAE trained on this model and point")
     return name
+
+
+def read_training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The `training.json` that `train_sae` left in an SAE folder (None when there is none)."""
+    path = Path(folder) / TRAINING_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise InterpError(f"{path} is not valid JSON: the file is corrupt; delete it or train the SAE again") from None
+    return record if isinstance(record, dict) else None

@@ -1,6 +1,6 @@
-"""Train sparse autoencoders on streamed or stored activations.
+"""Train sparse autoencoders on streamed or stored activations: `train_sae`, `train_saes`.
 
-Activation source (`ActivationSource`): either
+Activation source (`ActivationSource`, see `saes.stream`): either
 - an iterable of activation batches, `Tensor (batch, d_in)` for `train_sae` or
   `dict[str, Tensor (batch, d)]` for `train_saes` (e.g. `ActivationStore.batches(...)`,
   `interp.activations.harvest(...)`, a list of tensors); or
@@ -17,302 +17,71 @@ Recipe (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", unless no
 - `b_dec` starts at the data mean, `W_enc = W_dec.T`, decoder rows have unit norm; before each
   Adam step the gradient component parallel to each decoder row is removed and the rows are
   renormalised after it.
-- Adam with linear warm-up and a linear decay to 0 over the last `decay_fraction` of steps.
+- Adam with a linear warm-up over the first `warmup_fraction` of the steps (at most
+  `max_warmup_steps`) and a linear decay to 0 over the last `decay_fraction` (`saes.trainer`).
 - A latent is dead when it has not fired for `dead_after_tokens` tokens. TopK, BatchTopK and
   top-AFA SAEs add the AuxK loss: the `aux_k` largest dead latents reconstruct the residual,
-  weighted `aux_coefficient`.
+  weighted `aux_coefficient`. The final counters are saved with the SAE
+  (`latent_counters.safetensors`, and the dead fraction with its window in `training.json`).
 - `init_active_subspace` (Wang et al. 2025, "Attention Layers Add Into Low-Dimensional Residual
   Subspaces"): activations occupy a low-dimensional subspace, and random decoder directions
   outside it rarely fire and die. With this option decoder rows (and so encoder columns) are
   drawn from a Gaussian restricted to the top principal components of the first `init_tokens`
   activations that explain `active_subspace_variance` of their variance.
 
-Checkpoints (`out_dir/checkpoint.safetensors`, one atomic file; a readable summary in
-`checkpoint.json`) hold the SAE weights, Adam moments, per-latent "tokens since fired" counters,
-and in their metadata the step and token counters and configs. The run is deterministic given
-the seed and the stream, so a resumed run continues exactly where the checkpoint left off.
-Ctrl-C writes a checkpoint and re-raises.
+Checkpoints (`saes.checkpoint`: `out_dir/checkpoint.safetensors`, one atomic file) hold the
+full training state, the stream position included, and are written every `checkpoint_minutes`
+of wall-clock time and every `checkpoint_every` steps, only ever between steps. The run is
+deterministic given the seed and the stream, so a resumed run continues exactly where the
+checkpoint left off (a callable source is asked to start at the checkpoint's token position).
+Ctrl-C and SIGTERM write a checkpoint and stop: Ctrl-C re-raises KeyboardInterrupt, SIGTERM
+raises `Terminated` (one line). A folder that already holds a run is not trained into again
+unless the call resumes it or asks to overwrite it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import signal
-from dataclasses import asdict, dataclass, replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Union
 
-import torch
 from tqdm.auto import tqdm
 
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
-from saes.architectures import SAE, SAEConfig, make_sae
+from interp.manifest import make_manifest
+from saes.architectures import SAE, SAEConfig
+from saes.checkpoint import CHECKPOINT, StopSignals, Terminated, load_checkpoint, save_checkpoint
+from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
+from saes.stream import ActivationSource, cat, chain, open_at, pick, rebatch, rows
+from saes.trainer import TrainConfig, Trainer, default_lr
 
-ActivationSource = Union[Iterable[Any], Callable[[int], Iterable[Any]]]
-CHECKPOINT = "checkpoint.safetensors"
+__all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "default_lr", "save_run", "train_sae", "train_saes"]
 
-
-@dataclass
-class TrainConfig:
-    """How to train: data budget, optimiser and dead-latent handling (see the module docstring)."""
-
-    n_tokens: int = 10_000_000
-    batch_size: int = 4096
-    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 2**14) for topk-like SAEs, 7e-5 otherwise
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.999
-    aux_k: int | None = None  # None: min(512, d_in // 2)
-    aux_coefficient: float = 1 / 32
-    dead_after_tokens: int | None = None  # None: min(1M, n_tokens // 10), at least one batch
-    init_active_subspace: bool = False
-    active_subspace_variance: float = 0.9
-    normalize: bool = True
-    init_tokens: int = 2**15
-    checkpoint_every: int = 1000
-    seed: int = 0
-    device: str | None = None
-
-    def resolved_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+COUNTERS_FILENAME = "latent_counters.safetensors"
+# What a run leaves in its folder (besides the SAE files): removed first when overwriting.
+RUN_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, CHECKPOINT, "checkpoint.json", TRAINING_FILENAME, COUNTERS_FILENAME,
+             "results.json", "report.html")
 
 
-def default_lr(cfg: SAEConfig) -> float:
-    """Gao et al.'s learning-rate scaling with width for TopK-style SAEs; a safe constant otherwise."""
-    if cfg.arch in ("topk", "batchtopk", "topafa"):
-        return 2e-4 / math.sqrt(cfg.d_sae / 2**14)
-    return 7e-5
-
-
-class Trainer:
-    """Training state of one SAE: model, Adam, counters. Driven batch by batch by `train_sae(s)`."""
-
-    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig):
-        self.cfg, self.tcfg = sae_cfg, train_cfg
-        self.device = train_cfg.resolved_device()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(train_cfg.seed)
-            self.sae = make_sae(sae_cfg)
-        self.sae.to(self.device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(train_cfg.beta1, train_cfg.beta2))
-        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
-        self.scale = 1.0
-        self.step = 0
-        self.tokens = 0
-        self.stats: dict[str, float] = {}
-
-    @property
-    def lr(self) -> float:
-        return self.tcfg.lr if self.tcfg.lr is not None else default_lr(self.cfg)
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, math.ceil(self.tcfg.n_tokens / self.tcfg.batch_size))
-
-    @property
-    def aux_k(self) -> int:
-        return self.tcfg.aux_k if self.tcfg.aux_k is not None else min(512, max(1, self.cfg.d_in // 2))
-
-    @property
-    def dead_after(self) -> int:
-        if self.tcfg.dead_after_tokens is not None:
-            return self.tcfg.dead_after_tokens
-        return max(self.tcfg.batch_size, min(1_000_000, self.tcfg.n_tokens // 10))
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up over `warmup_steps`, then linear decay to 0 over the last `decay_fraction`."""
-        warm = min(1.0, (step + 1) / max(1, self.tcfg.warmup_steps))
-        decay_steps = max(1.0, self.tcfg.decay_fraction * self.total_steps)
-        return self.lr * warm * min(1.0, (self.total_steps - step) / decay_steps)
-
-    def check(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
-            where = f" for {self.cfg.hook_name}" if self.cfg.hook_name else ""
-            raise InterpError(
-                f"an activation batch has shape {list(x.shape)} but the SAE{where} expects (batch, {self.cfg.d_in}); "
-                "check the hook point and d_in"
-            )
-        return x.to(self.device, self.cfg.torch_dtype, non_blocking=True)
-
-    @torch.no_grad()
-    def initialise(self, sample: torch.Tensor) -> None:
-        """Input scale, `b_dec` and (optionally) active-subspace decoder from a sample `(n, d_in)`."""
-        sample = self.check(sample).float()
-        if self.tcfg.normalize:
-            self.scale = math.sqrt(self.cfg.d_in) / sample.norm(dim=1).mean().clamp_min(1e-12).item()
-        sample = sample * self.scale
-        mean = sample.mean(0)
-        sae = self.sae
-        if self.tcfg.init_active_subspace:
-            centred = sample - mean
-            _, s, v = torch.linalg.svd(centred, full_matrices=False)
-            explained = (s.pow(2).cumsum(0) / s.pow(2).sum()).cpu()
-            dims = int((explained < self.tcfg.active_subspace_variance).sum()) + 1
-            gen = torch.Generator(device="cpu").manual_seed(self.tcfg.seed)
-            coords = torch.randn(self.cfg.d_sae, dims, generator=gen).to(self.device)
-            rows = coords @ v[:dims]
-            sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
-            sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
-
-    @torch.enable_grad()
-    def train_step(self, x: torch.Tensor) -> None:
-        """One Adam step on a batch `(n, d_in)` of raw activations (autograd on, whatever the caller's grad mode)."""
-        x = self.check(x) * self.scale
-        sae = self.sae
-        dead = self.since_fired >= self.dead_after
-        out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        with torch.no_grad():
-            g = sae.W_dec.grad
-            if g is not None:
-                rows = sae.W_dec
-                g -= (g * rows).sum(1, keepdim=True) * rows
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.opt.step()
-        sae.normalize_decoder()
-        self.since_fired += x.shape[0]
-        self.since_fired[out.fired] = 0
-        self.step += 1
-        self.tokens += x.shape[0]
-        if self.step % 10 == 1 or self.step == self.total_steps:
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-            self.stats = {
-                "mse": out.mse.item(),
-                "fvu": (out.mse / variance).item(),
-                "l0": out.l0.item(),
-                "dead": dead.float().mean().item(),
-            }
-
-    # --- checkpoints ---------------------------------------------------------------------
-    def save_checkpoint(self, folder: Path) -> None:
-        """Write weights, Adam moments and counters to `folder/checkpoint.safetensors` atomically."""
-        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
-        state_steps = {}
-        for name, p in self.sae.named_parameters():
-            st = self.opt.state.get(p, {})
-            if st:
-                tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
-                tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
-                state_steps[name] = float(st["step"])
-        tensors["since_fired"] = self.since_fired
-        meta = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "scale": self.scale,
-            "adam_steps": state_steps,
-            "sae_cfg": self.cfg.to_dict(),
-            "train_cfg": asdict(self.tcfg),
-        }
-        write_safetensors(folder / CHECKPOINT, tensors, metadata={"state": json.dumps(meta)})
-        write_json(folder / "checkpoint.json", {k: meta[k] for k in ("step", "tokens", "scale", "sae_cfg", "train_cfg")})
-
-    def load_checkpoint(self, folder: Path) -> None:
-        """Restore everything `save_checkpoint` wrote."""
-        from safetensors import safe_open
-
-        path = folder / CHECKPOINT
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = json.loads(f.metadata()["state"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own types for corrupt files
-            raise InterpError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete it to start over") from None
-        if (meta["sae_cfg"]["d_in"], meta["sae_cfg"]["d_sae"], meta["sae_cfg"]["arch"]) != (self.cfg.d_in, self.cfg.d_sae, self.cfg.arch):
-            raise InterpError(f"checkpoint {path} is for a different SAE ({meta['sae_cfg']['arch']}, d_in={meta['sae_cfg']['d_in']}, d_sae={meta['sae_cfg']['d_sae']}): use another out dir or resume=False")
-        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-        for name, p in self.sae.named_parameters():
-            if name in meta["adam_steps"]:
-                self.opt.state[p] = {
-                    "step": torch.tensor(meta["adam_steps"][name]),
-                    "exp_avg": tensors[f"adam.{name}.exp_avg"].to(self.device),
-                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(self.device),
-                }
-        self.since_fired.copy_(tensors["since_fired"])
-        self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
-
-    def final_sae(self) -> SAE:
-        """The trained SAE with the input scale folded in (works on raw activations), in eval mode."""
-        sae = self.sae
-        sae.cfg = replace(sae.cfg)
-        sae.fold_input_scale(self.scale)
-        return sae.eval()
-
-
-# --- the stream ------------------------------------------------------------------------------
-def _open(source: ActivationSource, start: int) -> Iterator[Any]:
-    """Batches from `start` tokens into the stream."""
-    if callable(source) and not isinstance(source, Iterable):
-        return iter(source(start))
-    return _skip(iter(source), start)
-
-
-def _rows(batch: Any) -> int:
-    return next(iter(batch.values())).shape[0] if isinstance(batch, dict) else batch.shape[0]
-
-
-def _slice(batch: Any, a: int, b: int | None) -> Any:
-    return {k: v[a:b] for k, v in batch.items()} if isinstance(batch, dict) else batch[a:b]
-
-
-def _cat(parts: list[Any]) -> Any:
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], dict):
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return torch.cat(parts)
-
-
-def _skip(it: Iterator[Any], n: int) -> Iterator[Any]:
-    for batch in it:
-        rows = _rows(batch)
-        if n >= rows:
-            n -= rows
-            continue
-        yield _slice(batch, n, None) if n else batch
-        n = 0
-
-
-def _rebatch(it: Iterator[Any], size: int, limit: int) -> Iterator[Any]:
-    """Re-cut a stream into batches of `size` rows, stopping after `limit` rows."""
-    parts: list[Any] = []
-    have = 0
-    for batch in it:
-        if limit <= 0:
-            return
-        batch = _slice(batch, 0, limit) if _rows(batch) > limit else batch
-        limit -= _rows(batch)
-        parts.append(batch)
-        have += _rows(batch)
-        while have >= size:
-            full = _cat(parts)
-            yield _slice(full, 0, size)
-            rest = _slice(full, size, None)
-            have -= size
-            parts = [rest] if have else []
-    if have:
-        yield _cat(parts)
-
-
-def _pick(batch: Any, point: str | None) -> torch.Tensor:
-    if point is None:
-        if isinstance(batch, dict):
-            raise InterpError("the activation source yields dicts of hook points; use train_saes, or give train_sae one point's batches")
-        return batch
-    if point not in batch:
-        raise InterpError(f"the activation source has no batches for {point!r} (it has {', '.join(batch)}); harvest that hook point")
-    return batch[point]
-
-
-# --- drivers ---------------------------------------------------------------------------------
 def _folder_name(point: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", point)
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a saved SAE or a training checkpoint."""
+    return (folder / CFG_FILENAME).exists() or (folder / CHECKPOINT).exists()
+
+
+def check_out_dir(folder: Path, resume: bool, overwrite: bool) -> None:
+    """InterpError when training into `folder` would replace a run the caller did not ask to replace."""
+    if resume and overwrite:
+        raise InterpError("resume and overwrite exclude each other: resume continues the run in the folder, overwrite replaces it")
+    if folder.exists() and not folder.is_dir():
+        raise InterpError(f"{folder} is a file, not a folder: choose another --out")
+    if holds_run(folder) and not resume and not overwrite:
+        raise InterpError(f"{folder} already holds an SAE run: pass --resume to continue it, --overwrite to replace it, or choose another --out")
 
 
 def train_saes(
@@ -322,6 +91,7 @@ def train_saes(
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, SAE]:
     """Train one SAE per hook point from a single pass over a multi-point stream.
 
@@ -329,7 +99,7 @@ def train_saes(
     `sae_cfgs` maps each point to its SAE config. Each SAE is saved to `out_dir/<point>`
     (SAELens layout) with its checkpoints beside it. Returns the trained SAEs by point.
     """
-    return _train(source, {p: c for p, c in sae_cfgs.items()}, train_cfg, Path(out_dir), resume, progress, multi=True)
+    return _train(source, dict(sae_cfgs), train_cfg, Path(out_dir), resume, overwrite, progress, multi=True)
 
 
 def train_sae(
@@ -339,111 +109,127 @@ def train_sae(
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SAE:
     """Train one SAE on a stream of `Tensor (batch, d_in)` batches; save it to `out_dir`.
 
     With `resume=True` the run continues from `out_dir/checkpoint.safetensors` (if present),
-    skipping the tokens already consumed. Returns the trained SAE (input scale folded in).
-    Raises InterpError for a non-positive token budget, an empty stream, or a batch whose
-    width is not `d_in`.
+    starting the stream at the tokens already consumed. A folder that holds a run is refused
+    unless `resume` or `overwrite` (which deletes the old run's files first). Returns the trained
+    SAE (input scale folded in). Raises InterpError for a non-positive token budget, an empty
+    stream, or a batch whose width is not `d_in`.
     """
-    return _train(source, {None: sae_cfg}, train_cfg, Path(out_dir), resume, progress, multi=False)[None]
+    return _train(source, {None: sae_cfg}, train_cfg, Path(out_dir), resume, overwrite, progress, multi=False)[None]
 
 
-def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, progress: bool, multi: bool) -> dict:
+def _with_manifest(cfg: SAEConfig) -> SAEConfig:
+    """`cfg` with a manifest (model and point from the config, no data) when it has none."""
+    if cfg.manifest is not None:
+        return cfg
+    widths = {cfg.hook_name: cfg.d_in} if cfg.hook_name else {}
+    return replace(cfg, manifest=make_manifest(cfg.model_name or None, widths))
+
+
+def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool, multi: bool) -> dict:
     if tcfg.n_tokens < 1:
         raise InterpError(f"n_tokens={tcfg.n_tokens}: train on at least one token (e.g. n_tokens=10_000_000)")
     if tcfg.batch_size < 1:
         raise InterpError(f"batch_size={tcfg.batch_size} must be at least 1")
     folders = {p: out_dir / _folder_name(p) if multi else out_dir for p in cfgs}
-    trainers = {p: Trainer(c, tcfg) for p, c in cfgs.items()}
+    for folder in folders.values():
+        check_out_dir(folder, resume, overwrite)
+    trainers = {p: Trainer(_with_manifest(c), tcfg) for p, c in cfgs.items()}
     resumed = resume and all((folders[p] / CHECKPOINT).exists() for p in cfgs)
     if resumed:
         for p, t in trainers.items():
-            t.load_checkpoint(folders[p])
+            load_checkpoint(t, folders[p])
         if len({t.tokens for t in trainers.values()}) != 1:
-            raise InterpError(f"checkpoints under {out_dir} are at different token counts: resume=False to start over")
+            raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
     start = next(iter(trainers.values())).tokens
-    stream = _rebatch(_open(source, start), tcfg.batch_size, tcfg.n_tokens - start)
+    stream = rebatch(open_at(source, start), tcfg.batch_size, tcfg.n_tokens - start)
 
     if not resumed:
         head, got = [], 0
         for batch in stream:
             head.append(batch)
-            got += _rows(batch)
+            got += rows(batch)
             if got >= tcfg.init_tokens:
                 break
         if not head:
             raise InterpError("the activation source yielded no activations: check the data source and token budget")
-        sample = _cat(head)
+        sample = cat(head)
         for p, t in trainers.items():
-            t.initialise(_pick(sample, p))
-        stream = _chain(head, stream)
+            t.initialise(pick(sample, p))
+        if overwrite:
+            for folder in folders.values():
+                for name in RUN_FILES:
+                    (folder / name).unlink(missing_ok=True)
+        stream = chain(head, stream)
 
+    lead = next(iter(trainers.values()))
     bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not progress, desc="SAE training")
-    last_saved = {p: t.step for p, t in trainers.items()}
-    try:
-        with _DeferredInterrupt() as interrupt:
-            for batch in stream:
-                for p, t in trainers.items():
-                    t.train_step(_pick(batch, p))
-                if interrupt.hit:
-                    raise KeyboardInterrupt
-                bar.update(_rows(batch))
-                lead = next(iter(trainers.values()))
-                if lead.stats:
-                    bar.set_postfix(mse=f"{lead.stats['mse']:.3g}", fvu=f"{lead.stats['fvu']:.3f}", L0=f"{lead.stats['l0']:.1f}", dead=f"{lead.stats['dead']:.1%}", refresh=False)
-                if tcfg.checkpoint_every and lead.step % tcfg.checkpoint_every == 0:
-                    for p, t in trainers.items():
-                        t.save_checkpoint(folders[p])
-                        last_saved[p] = t.step
-    except KeyboardInterrupt:
+    saved_step, saved_at = lead.step, time.monotonic()
+
+    def save_all() -> None:
+        nonlocal saved_step, saved_at
         for p, t in trainers.items():
-            if t.step > last_saved[p]:
-                t.save_checkpoint(folders[p])
-        raise
-    finally:
-        bar.close()
-    if next(iter(trainers.values())).step == 0:
-        raise InterpError("the activation source yielded no activations: check the data source and token budget")
-    return {p: _finish(t, folders[p]) for p, t in trainers.items()}
+            save_checkpoint(t, folders[p])
+        saved_step, saved_at = lead.step, time.monotonic()
 
-
-class _DeferredInterrupt:
-    """Turn the first Ctrl-C into a flag checked between batches, so a checkpoint never holds a half-done step.
-
-    A second Ctrl-C interrupts at once. Outside the main thread signals cannot be caught; then
-    KeyboardInterrupt arrives as usual.
-    """
-
-    def __enter__(self) -> "_DeferredInterrupt":
-        self.hit = False
+    with StopSignals() as stop, bar:
         try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:
-            self._old = None
-        return self
+            for batch in stream:
+                with stop.busy():
+                    for p, t in trainers.items():
+                        t.train_step(pick(batch, p))
+                    bar.update(rows(batch))
+                    if lead.stats:
+                        bar.set_postfix(mse=f"{lead.stats['mse']:.3g}", fvu=f"{lead.stats['fvu']:.3f}", L0=f"{lead.stats['l0']:.1f}",
+                                        dead=f"{lead.stats['dead']:.1%}", refresh=False)
+                    if _checkpoint_due(tcfg, lead.step, saved_step, saved_at):
+                        save_all()
+                stop.raise_if_stopped()
+        except (KeyboardInterrupt, Terminated) as exc:
+            with stop.busy():
+                if lead.step > saved_step:
+                    save_all()
+            if isinstance(exc, Terminated):
+                raise Terminated(
+                    f"stopped by SIGTERM after step {lead.step} ({lead.tokens:,} tokens): a checkpoint is in {out_dir}; "
+                    "resume to continue"
+                ) from None
+            raise
+        if lead.step == 0:
+            raise InterpError("the activation source yielded no activations: check the data source and token budget")
+        with stop.busy():
+            saes = {p: save_run(t, folders[p]) for p, t in trainers.items()}
+    return saes
 
-    def _handle(self, signum, frame) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
 
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def _chain(head: list, rest: Iterator) -> Iterator:
-    yield from head
-    yield from rest
+def _checkpoint_due(tcfg: TrainConfig, step: int, saved_step: int, saved_at: float) -> bool:
+    if step <= saved_step:
+        return False
+    by_steps = bool(tcfg.checkpoint_every) and step % tcfg.checkpoint_every == 0
+    by_time = tcfg.checkpoint_minutes is not None and time.monotonic() - saved_at >= 60 * tcfg.checkpoint_minutes
+    return by_steps or by_time
 
 
-def _finish(trainer: Trainer, folder: Path) -> SAE:
-    trainer.save_checkpoint(folder)
+def save_run(trainer: Trainer, folder: Path) -> SAE:
+    """Save the final checkpoint, the SAE, its latent counters and `training.json`."""
+    save_checkpoint(trainer, folder)
     sae = trainer.final_sae()
-    from saes.io import save_sae
-
     save_sae(sae, folder)
-    write_json(folder / "training.json", {"tokens": trainer.tokens, "steps": trainer.step, "final": trainer.stats, "train_cfg": asdict(trainer.tcfg)})
+    write_safetensors(folder / COUNTERS_FILENAME, {"tokens_since_fired": trainer.since_fired})
+    dead = trainer.dead_latents()
+    write_json(folder / TRAINING_FILENAME, {
+        "tokens": trainer.tokens,
+        "steps": trainer.step,
+        "lr": trainer.lr,
+        "warmup_steps": trainer.warmup_steps,
+        "decay_steps": trainer.decay_steps,
+        "final": trainer.stats,
+        "dead_latents": {**dead, "rule": f"not fired in the last {dead['window_tokens']:,} training tokens"},
+        "history": trainer.history,
+        "train_cfg": asdict(trainer.tcfg),
+    })
     return sae

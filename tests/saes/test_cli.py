@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -117,7 +121,7 @@ def test_corrupt_weights_and_width_mismatch(trained, tiny_llama_dir, corpus, tmp
     w = {"W_enc": w["W_enc"][:32], "b_enc": w["b_enc"], "W_dec": w["W_dec"][:, :32], "b_dec": w["b_dec"][:32]}
     save_file({k: v.contiguous() for k, v in w.items()}, str(narrow / WEIGHTS_FILENAME))
     result = runner.invoke(app, ["eval", str(narrow), "--model", str(tiny_llama_dir), "--data", corpus, "--tokens", "50"])
-    assert result.exit_code != 0 and "d_in 32 but blocks.1.hook_resid_post has width 64" in str(result.exception)
+    assert result.exit_code != 0 and "width blocks.1.hook_resid_post 32 vs 64" in str(result.exception)
 
 
 def test_parse_latents():
@@ -126,3 +130,125 @@ def test_parse_latents():
     assert parse_latents("all", 3) == [0, 1, 2]
     with pytest.raises(InterpError, match="bad latent selection"):
         parse_latents("x-y", 10)
+
+
+def _errors(capsys) -> list[str]:
+    """The error lines on stderr (progress bars aside), after checking there is no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error")]
+
+
+def _train_args(tiny_llama_dir, corpus, out, *extra):
+    return ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
+            "--batch-size", "256", "--data", corpus, "--ctx-len", "32", "--out", str(out), *extra]
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_by_accident(trained, tiny_llama_dir, corpus, tmp_path, capsys):
+    out, _ = trained
+    before = (out / WEIGHTS_FILENAME).read_bytes()
+    assert main(_train_args(tiny_llama_dir, corpus, out, "--tokens", "600", "--eval-tokens", "0")) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and "already holds an SAE run: pass --resume to continue it, --overwrite to replace it" in err[0]
+    assert (out / WEIGHTS_FILENAME).read_bytes() == before
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, copy)
+    assert main(_train_args(tiny_llama_dir, corpus, copy, "--tokens", "600", "--eval-tokens", "0", "--overwrite")) == 0
+    assert json.loads((copy / "training.json").read_text())["tokens"] == 600
+    assert not (copy / "results.json").exists()  # the old run's evaluation went with it
+
+
+def test_store_folder_of_other_files_is_refused_and_nothing_written(tiny_llama_dir, corpus, tmp_path, capsys):
+    mine = tmp_path / "my_files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    out = tmp_path / "sae"
+    assert main(_train_args(tiny_llama_dir, corpus, out, "--tokens", "600", "--store", str(mine))) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith("error: --store") and "no activation store" in err[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    assert not out.exists()
+
+
+def test_store_made_with_other_settings_is_refused(tiny_llama_dir, corpus, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(_train_args(tiny_llama_dir, corpus, tmp_path / "a", "--tokens", "600", "--store", str(store), "--eval-tokens", "0")) == 0
+    capsys.readouterr()
+    # The same store asked for with another context length (64 instead of 32): refused, not reused.
+    args = _train_args(tiny_llama_dir, corpus, tmp_path / "b", "--tokens", "600", "--store", str(store), "--eval-tokens", "0")
+    args[args.index("--ctx-len") + 1] = "64"
+    assert main(args) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and "ctx_len 32 vs 64" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_evaluation_text_is_disjoint_from_training_text(tiny_llama_dir, corpus, tmp_path):
+    from interp.activations import ActivationStore
+    from interp.data import token_batches
+    from interp import load_model
+
+    store, out = tmp_path / "store", tmp_path / "sae"
+    # The store holds more text (1,200 tokens) than this run trains on (600): any stored row may be drawn.
+    assert main(_train_args(tiny_llama_dir, corpus, tmp_path / "first", "--tokens", "1200", "--store", str(store), "--eval-tokens", "0")) == 0
+    assert main(_train_args(tiny_llama_dir, corpus, out, "--tokens", "600", "--store", str(store), "--eval-tokens", "300")) == 0
+    stored_contexts = math.ceil(ActivationStore(store).n_tokens / 31)
+    sae = load_sae(out)
+    assert sae.cfg.train_contexts == stored_contexts == 39
+    results = json.loads((out / "results.json").read_text())
+    start, end = results["eval_contexts"]
+    assert start >= stored_contexts and end > start and results["held_out"] is True
+    # The evaluated token ids are not among the stored (training) ones, context by context.
+    model = load_model(str(tiny_llama_dir), device="cpu")
+    train_ctx = torch.cat(list(token_batches(model, corpus, 32, 64, n_tokens=stored_contexts * 31)))[:, 1:]
+    eval_ctx = torch.cat(list(token_batches(model, corpus, 32, 64, n_tokens=end * 31, skip_contexts=start)))[:, 1:]
+    assert train_ctx.shape[0] == stored_contexts and eval_ctx.shape[0] == end - start
+    # Contexts cut the one token stream into consecutive pieces: the training text ends where evaluation starts.
+    whole = torch.cat(list(token_batches(model, corpus, 32, 64, n_tokens=end * 31)))[:, 1:]
+    assert torch.equal(whole[:stored_contexts], train_ctx) and torch.equal(whole[start:end], eval_ctx)
+    # `sae eval` on the same text skips the training text by default...
+    assert main(["sae", "eval", str(out), "--model", str(tiny_llama_dir), "--data", corpus, "--tokens", "200", "--out", str(tmp_path / "e1")]) == 0
+    again = json.loads((tmp_path / "e1" / "results.json").read_text())
+    assert again["eval_contexts"][0] >= stored_contexts and again["held_out"] is True
+    # ...and says so when asked to start inside it.
+    assert main(["sae", "eval", str(out), "--model", str(tiny_llama_dir), "--data", corpus, "--tokens", "200",
+                 "--skip-tokens", "0", "--out", str(tmp_path / "e2")]) == 0
+    inside = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert inside["eval_contexts"][0] == 0 and inside["held_out"] is False
+
+
+def test_resumed_streamed_run_seeks_instead_of_rerunning_the_model(tiny_llama_dir, corpus, tmp_path, monkeypatch):
+    import interp.activations
+    import saes.cli
+    from saes.trainer import Trainer
+
+    monkeypatch.setattr(saes.cli, "SHUFFLE_TOKENS", 8 * 31)  # shuffle blocks of 8 contexts
+    contexts = []
+    real = interp.activations.token_activations
+    monkeypatch.setattr(interp.activations, "token_activations", lambda hm, tokens, *a, **k: (contexts.append(tokens.shape[0]), real(hm, tokens, *a, **k))[1])
+    args = lambda out: _train_args(tiny_llama_dir, corpus, out, "--tokens", "2400", "--eval-tokens", "0")
+    assert main(args(tmp_path / "full")) == 0
+    full_contexts, contexts[:] = sum(contexts), []
+
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self, x):
+        real_step(self, x)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    assert main(args(tmp_path / "cut")) == 130
+    first_part, contexts[:] = sum(contexts), []
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(args(tmp_path / "cut") + ["--resume"]) == 0
+    resumed = sum(contexts)
+    # 5 steps of 256 = 1,280 tokens = context 41, in the block of contexts 40-47: the model runs on
+    # contexts 40-77 again, not on all 78.
+    assert full_contexts == first_part == math.ceil(2400 / 31)
+    assert resumed == full_contexts - 40 < first_part
+    full, cut = load_sae(tmp_path / "full"), load_sae(tmp_path / "cut")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.allclose(getattr(cut, name), getattr(full, name), atol=1e-5), name

@@ -116,10 +116,10 @@ def test_metrics_match_numpy(tiny_model, data):
     assert res["mse"] == pytest.approx(((x - x_hat) ** 2).mean(), rel=1e-4)
     assert res["l0"] == pytest.approx((z > 0).sum(1).mean(), rel=1e-6)
     np.testing.assert_allclose(res["feature_density"], density, atol=1e-9)
-    assert res["dead_fraction"] == pytest.approx((density == 0).mean())
+    assert res["dead_fraction_eval_window"] == pytest.approx((density == 0).mean()) and res["eval_window_tokens"] == res["n_tokens"]
     assert res["dense_fraction"] == pytest.approx((density > 0.1).mean())
-    assert res["n_dead"] >= 5 and res["n_dense"] >= 4
-    assert 0 < res["dead_fraction"] < 1 and 0 < res["dense_fraction"] < 1
+    assert res["n_dead_eval_window"] >= 5 and res["n_dense"] >= 4
+    assert 0 < res["dead_fraction_eval_window"] < 1 and 0 < res["dense_fraction"] < 1
 
 
 def test_skip_contexts_evaluates_the_following_text(tiny_model, data):
@@ -138,7 +138,7 @@ def test_store_and_text_paths_agree(tiny_model, data, tmp_path):
     store = build_store(tiny_model, POINT, data, TOKENS, tmp_path / "store", ctx_len=CTX, progress=False)
     from_store = evaluate_sae(sae, tiny_model, store, TOKENS, progress=False)
     from_text = evaluate_sae(sae, tiny_model, data, TOKENS, progress=False)
-    for key in ("n_tokens", "mse", "fve", "l0", "dead_fraction", "dense_fraction", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered"):
+    for key in ("n_tokens", "mse", "fve", "l0", "dead_fraction_eval_window", "dense_fraction", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered"):
         assert from_store[key] == pytest.approx(from_text[key], rel=1e-5), key
 
 
@@ -162,7 +162,7 @@ def test_bad_inputs_raise(tiny_model, data):
     with pytest.raises(InterpError, match="positive"):
         evaluate_sae(sae, tiny_model, data, 0, progress=False)
     narrow = make_sae(SAEConfig(d_in=32, d_sae=64, arch="relu", hook_name=POINT))
-    with pytest.raises(InterpError, match="d_in 32"):
+    with pytest.raises(InterpError, match="width blocks.1.hook_resid_post 32 vs 64"):
         evaluate_sae(narrow, tiny_model, data, 100, progress=False)
 
 

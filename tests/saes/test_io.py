@@ -124,8 +124,44 @@ def test_check_compatible(tiny_model):
     with pytest.raises(InterpError, match="trained on blocks.1.hook_resid_post, not blocks.2.hook_resid_post"):
         check_compatible(sae, hm, "blocks.2.hook_resid_post")
     narrow = random_sae("topk", d_in=32, hook="blocks.1.hook_resid_post")
-    with pytest.raises(InterpError, match="d_in 32 but blocks.1.hook_resid_post has width 64"):
+    with pytest.raises(InterpError, match=r"the SAE was made with other settings \(width blocks.1.hook_resid_post 32 vs 64\)"):
         check_compatible(narrow, hm)
+
+
+def test_save_cut_short_between_weights_and_cfg_is_detected(tmp_path, monkeypatch):
+    old, new = random_sae("topk"), random_sae("topk")
+    save_sae(old, tmp_path)
+    assert torch.equal(load_sae(tmp_path).W_enc, old.W_enc)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    import saes.io
+
+    monkeypatch.setattr(saes.io, "write_json", crash)  # new weights are written, then the cfg.json write fails
+    with pytest.raises(OSError):
+        save_sae(new, tmp_path)
+    monkeypatch.undo()
+    assert torch.equal(load_file(str(tmp_path / WEIGHTS_FILENAME))["W_enc"], new.W_enc.detach())
+    with pytest.raises(InterpError, match="come from different saves"):
+        load_sae(tmp_path)
+    save_sae(new, tmp_path)  # a whole save mends it
+    assert torch.equal(load_sae(tmp_path).W_enc, new.W_enc)
+
+
+def test_manifest_is_saved_and_checked(tiny_model, tmp_path):
+    from interp.manifest import make_manifest
+
+    sae = random_sae("topk", d_in=64)
+    sae.cfg.manifest = make_manifest("some-other-model", {"blocks.1.hook_resid_post": 64}, "abc123", 32)
+    save_sae(sae, tmp_path)
+    loaded = load_sae(tmp_path)
+    assert json.loads((tmp_path / CFG_FILENAME).read_text())["metadata"]["interp"]["manifest"] == sae.cfg.manifest
+    with pytest.raises(InterpError, match=r"model 'some-other-model' vs '.+'"):
+        check_compatible(loaded, tiny_model)
+    assert check_compatible(loaded, tiny_model, check_model=False) == "blocks.1.hook_resid_post"
+    loaded.cfg.manifest = {**loaded.cfg.manifest, "model": tiny_model.interp_name}
+    assert check_compatible(loaded, tiny_model) == "blocks.1.hook_resid_post"
 
 
 # ---------------------------------------------------------------- SAELens interop (separate venv)
@@ -172,6 +208,22 @@ for name, cfg in made.items():
         out[f"theirs.{name}.z"] = sae.encode(x)
         out[f"theirs.{name}.y"] = sae(x)
     sae.save_model(str(root / "theirs" / name))
+# 3) A BatchTopK SAE in SAELens's training layout (threshold in the buffer topk_threshold, decoder
+#    norms not folded), and SAELens's own inference form of it, whose outputs are the reference.
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+bcfg = BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=5)
+bcfg.metadata.hook_name = "blocks.1.hook_resid_post"
+bt = BatchTopKTrainingSAE(bcfg)
+with torch.no_grad():
+    for pname, p in bt.named_parameters():
+        p.copy_(0.3 * torch.randn_like(p))
+bt.topk_threshold = torch.tensor(0.25, dtype=torch.double)
+bt.save_model(str(root / "theirs" / "batchtopk_training"))
+bt.save_inference_model(str(root / "theirs_inference" / "batchtopk"))
+inference = SAE.load_from_disk(str(root / "theirs_inference" / "batchtopk"))
+with torch.no_grad():
+    out["theirs.batchtopk_training.z"] = inference.encode(x)
+    out["theirs.batchtopk_training.y"] = inference(x)
 save_file({k: v.contiguous() for k, v in out.items()}, str(root / "out.safetensors"))
 """
 
@@ -222,6 +274,58 @@ def test_saelens_file_loads_here_with_identical_outputs(saelens_run, name):
     torch.testing.assert_close(y, out[f"theirs.{name}.y"], rtol=0, atol=1e-5)
     if name.startswith("topk"):
         assert sae.cfg.k == 5
+
+
+def test_saelens_batchtopk_training_file_loads_with_its_threshold(saelens_run):
+    """SAELens keeps a BatchTopK SAE's threshold in the weights as `topk_threshold` (a scalar)."""
+    root, x, out, _ = saelens_run
+    assert "topk_threshold" in load_file(str(root / "theirs" / "batchtopk_training" / WEIGHTS_FILENAME))
+    sae = load_sae(root / "theirs" / "batchtopk_training")
+    assert sae.cfg.arch == "batchtopk" and sae.threshold.item() == pytest.approx(0.25)
+    with torch.no_grad():
+        z = sae.encode(x)
+    # Without the threshold this would be a ReLU SAE: many more latents on.
+    assert 0 < (z > 0).sum() < (sae.pre_acts(x) > 0).sum()
+    torch.testing.assert_close(z, out["theirs.batchtopk_training.z"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(sae(x), out["theirs.batchtopk_training.y"], rtol=0, atol=1e-5)
+
+
+def _batchtopk_file(path: Path, threshold: float | None) -> torch.nn.Module:
+    """A BatchTopK SAE in SAELens's training layout (no decoder-norm rescaling), made by hand."""
+    sae = random_sae("topk")
+    tensors = {k: v.contiguous() for k, v in sae.state_tensors().items()}
+    if threshold is not None:
+        tensors["topk_threshold"] = torch.tensor(threshold, dtype=torch.float64)
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / WEIGHTS_FILENAME))
+    (path / CFG_FILENAME).write_text(json.dumps({
+        "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+        "normalize_activations": "none", "reshape_activations": "none", "architecture": "batchtopk", "k": 6.0,
+        "rescale_acts_by_decoder_norm": False, "topk_threshold_lr": 0.01,
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"},
+    }))
+    return sae
+
+
+def test_batchtopk_threshold_is_read_and_its_absence_refused(tmp_path):
+    made = _batchtopk_file(tmp_path / "with", threshold=0.3)
+    loaded = load_sae(tmp_path / "with")
+    x = torch.randn(64, D_IN)
+    pre = (x - made.b_dec) @ made.W_enc + made.b_enc
+    want = pre * (pre > 0.3)  # the JumpReLU rule at the shared threshold, computed here
+    torch.testing.assert_close(loaded.encode(x), want.detach(), rtol=0, atol=1e-6)
+    assert (want > 0).sum() < (pre > 0).sum()  # the threshold matters on these inputs
+    _batchtopk_file(tmp_path / "without", threshold=None)
+    with pytest.raises(InterpError, match="BatchTopK SAE's weights hold no threshold") as info:
+        load_sae(tmp_path / "without")
+    assert "\n" not in str(info.value)
+    # Our own files carry the threshold too; one stripped of it is refused the same way.
+    save_sae(random_sae("batchtopk"), tmp_path / "ours")
+    tensors = load_file(str(tmp_path / "ours" / WEIGHTS_FILENAME))
+    del tensors["threshold"]
+    save_file(tensors, str(tmp_path / "ours" / WEIGHTS_FILENAME))
+    with pytest.raises(InterpError, match="no threshold"):
+        load_sae(tmp_path / "ours")
 
 
 def test_pre_6_saelens_layout_loads(tmp_path):

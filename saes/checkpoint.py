@@ -1,0 +1,145 @@
+"""Training checkpoints, and stopping on a signal without ever saving half a step.
+
+A checkpoint is one safetensors file, `checkpoint.safetensors`, written atomically (temp file,
+then rename), so it is always whole: the SAE's weights and buffers (`sae.*`), Adam's moments
+(`adam.<param>.exp_avg`, `adam.<param>.exp_avg_sq`) and the per-latent "tokens since fired"
+counters, with the step, the token position in the stream, the input scale, Adam's step counts,
+the loss history and both configs as JSON in its header (`state`). `checkpoint.json` repeats
+the counters for people; nothing reads it back.
+
+`StopSignals` turns SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before they
+preempt a job) into a clean stop. While the trainer is `busy()` (a step, a save), a signal only
+sets a flag, however many arrive, and `raise_if_stopped()` raises once the step is complete;
+while it waits for data, a signal raises at once (the state is then between two steps). SIGINT
+raises `KeyboardInterrupt`; SIGTERM raises `Terminated`, an `InterpError`, so the CLI prints one
+line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from interp.atomic import write_json, write_safetensors
+from interp.errors import InterpError
+from interp.manifest import check_compatible as check_manifest
+
+if TYPE_CHECKING:
+    from saes.trainer import Trainer
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class Terminated(InterpError):
+    """Training stopped on SIGTERM (after writing a checkpoint)."""
+
+
+def save_checkpoint(trainer: "Trainer", folder: Path) -> None:
+    """Write `trainer`'s full state to `folder/checkpoint.safetensors` (atomically)."""
+    tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
+    adam_steps = {}
+    for name, p in trainer.sae.named_parameters():
+        st = trainer.opt.state.get(p, {})
+        if st:
+            tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
+            tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+            adam_steps[name] = float(st["step"])
+    tensors["since_fired"] = trainer.since_fired
+    meta = {
+        "step": trainer.step,
+        "tokens": trainer.tokens,
+        "scale": trainer.scale,
+        "adam_steps": adam_steps,
+        "history": trainer.history,
+        "sae_cfg": trainer.cfg.to_dict(),
+        "train_cfg": asdict(trainer.tcfg),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / CHECKPOINT, tensors, metadata={"state": json.dumps(meta)})
+    write_json(folder / "checkpoint.json", {k: meta[k] for k in ("step", "tokens", "scale", "sae_cfg", "train_cfg")})
+
+
+def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
+    """Restore into `trainer` everything `save_checkpoint` wrote."""
+    from safetensors import safe_open
+
+    path = folder / CHECKPOINT
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads(f.metadata()["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own types for corrupt files
+        raise InterpError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete it to start over") from None
+    cfg = meta["sae_cfg"]
+    if (cfg["d_in"], cfg["d_sae"], cfg["arch"]) != (trainer.cfg.d_in, trainer.cfg.d_sae, trainer.cfg.arch):
+        raise InterpError(
+            f"checkpoint {path} is for a different SAE ({cfg['arch']}, d_in={cfg['d_in']}, d_sae={cfg['d_sae']}): "
+            "use another out dir or start over"
+        )
+    if cfg.get("manifest") and trainer.cfg.manifest:
+        check_manifest(cfg["manifest"], trainer.cfg.manifest, f"the checkpoint in {folder}",
+                       "resume with the same model, hook point, data and context length, or start over with --overwrite")
+    trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    for name, p in trainer.sae.named_parameters():
+        if name in meta["adam_steps"]:
+            trainer.opt.state[p] = {
+                "step": torch.tensor(meta["adam_steps"][name]),
+                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(trainer.device),
+                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(trainer.device),
+            }
+    trainer.since_fired.copy_(tensors["since_fired"])
+    trainer.step, trainer.tokens, trainer.scale = meta["step"], meta["tokens"], meta["scale"]
+    trainer.history = list(meta.get("history", []))
+
+
+class StopSignals:
+    """Within `with StopSignals() as stop:` SIGINT and SIGTERM stop training between steps only.
+
+    Outside the main thread signals cannot be caught; there the default handlers stay.
+    """
+
+    def __enter__(self) -> "StopSignals":
+        self.received: int | None = None
+        self._busy = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received != signal.SIGTERM:
+            self.received = signum
+        if not self._busy:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.received == signal.SIGTERM:
+            raise Terminated("stopped by SIGTERM")
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Signals during the block are held until `raise_if_stopped`."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    def raise_if_stopped(self) -> None:
+        """Raise for a signal that arrived during a `busy()` block."""
+        if self.received is not None:
+            self._raise()
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

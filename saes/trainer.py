@@ -1,0 +1,219 @@
+"""One SAE's training state and step: Adam, the learning-rate schedule, dead-latent counters.
+
+`Trainer` is driven batch by batch by `saes.train.train_sae(s)`; see that module for the recipe.
+
+Schedule: the peak rate (`TrainConfig.lr`, default `default_lr`, which depends on the width and
+the number of steps) is reached after a linear
+warm-up over `warmup_fraction` of the run's steps (at most `max_warmup_steps`), held, and decays
+linearly to 0 over the last `decay_fraction` of the steps. Both are fractions of the run so a
+short run gets the same shape as a long one (a fixed 100-step warm-up is longer than a
+74-step run).
+
+Dead latents: `since_fired (d_sae,)` counts the training tokens since each latent last fired.
+A latent is dead when it has not fired in the last `dead_after` tokens (all tokens so far, when
+fewer); `dead_latents()` reports that figure with the window it covers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from interp.errors import InterpError
+from saes.architectures import SAE, SAEConfig, make_sae
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data budget, optimiser and dead-latent handling (see `saes.train`)."""
+
+    n_tokens: int = 10_000_000
+    batch_size: int = 4096
+    lr: float | None = None  # None: `default_lr` for the SAE and the run length
+    warmup_steps: int | None = None  # None: warmup_fraction of the steps, at most max_warmup_steps
+    warmup_fraction: float = 0.05
+    max_warmup_steps: int = 1000
+    decay_fraction: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    aux_k: int | None = None  # None: min(512, d_in // 2)
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int | None = None  # None: min(1M, n_tokens // 10), at least one batch
+    init_active_subspace: bool = False
+    active_subspace_variance: float = 0.9
+    normalize: bool = True
+    init_tokens: int = 2**15
+    checkpoint_every: int = 0  # steps between checkpoints (0: by time only)
+    checkpoint_minutes: float | None = 10.0  # wall-clock minutes between checkpoints (None: by steps only)
+    seed: int = 0
+    device: str | None = None
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+LONG_RUN_STEPS = 25_000  # from this many steps on, the peak rate is Gao et al.'s
+MAX_SHORT_RUN_BOOST = 10.0
+
+
+def default_lr(cfg: SAEConfig, total_steps: int | None = None) -> float:
+    """Peak learning rate for `cfg` trained for `total_steps` steps (None: a long run).
+
+    TopK-style SAEs: Gao et al.'s width scaling `2e-4 / sqrt(d_sae / 2**14)`, which suits long runs,
+    raised for short ones by `sqrt(LONG_RUN_STEPS / total_steps)` (a run of a quarter the steps
+    takes steps twice as large; Adam then travels about as far), at most `MAX_SHORT_RUN_BOOST`
+    times. On SmolLM2 activations (width 4608, k=32, batches of 4096) the best peak rate was
+    about 4e-3 from 13 to 245 steps, where this gives 3.8e-3, and 8e-3 was worse at 13 steps;
+    Gao's 3.8e-4 gave held-out FVE 0.76 at 74 steps where 4e-3 gave 0.88
+    (`benchmarks/bench_sae_budget.py`). Other architectures: a safe constant, 7e-5.
+    """
+    if cfg.arch not in ("topk", "batchtopk", "topafa"):
+        return 7e-5
+    long_run = 2e-4 / math.sqrt(cfg.d_sae / 2**14)
+    if total_steps is None:
+        return long_run
+    return long_run * min(MAX_SHORT_RUN_BOOST, max(1.0, math.sqrt(LONG_RUN_STEPS / max(1, total_steps))))
+
+
+class Trainer:
+    """Training state of one SAE: model, Adam, counters. Driven batch by batch by `train_sae(s)`.
+
+    `initialise(sample)` once, then `train_step(batch)` per batch of raw activations `(n, d_in)`;
+    `final_sae()` gives the SAE for raw activations. `step` and `tokens` count what was trained.
+    """
+
+    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig):
+        self.cfg, self.tcfg = sae_cfg, train_cfg
+        self.device = train_cfg.resolved_device()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train_cfg.seed)
+            self.sae = make_sae(sae_cfg)
+        self.sae.to(self.device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(train_cfg.beta1, train_cfg.beta2))
+        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.scale = 1.0
+        self.step = 0
+        self.tokens = 0
+        self.stats: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []  # self.stats with step and tokens, every 10 steps
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate: `TrainConfig.lr`, else `default_lr` for this SAE and run length."""
+        return self.tcfg.lr if self.tcfg.lr is not None else default_lr(self.cfg, self.total_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.tcfg.n_tokens / self.tcfg.batch_size))
+
+    @property
+    def aux_k(self) -> int:
+        return self.tcfg.aux_k if self.tcfg.aux_k is not None else min(512, max(1, self.cfg.d_in // 2))
+
+    @property
+    def dead_after(self) -> int:
+        if self.tcfg.dead_after_tokens is not None:
+            return self.tcfg.dead_after_tokens
+        return max(self.tcfg.batch_size, min(1_000_000, self.tcfg.n_tokens // 10))
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.tcfg.warmup_steps is not None:
+            return self.tcfg.warmup_steps
+        return min(math.ceil(self.tcfg.warmup_fraction * self.total_steps), self.tcfg.max_warmup_steps)
+
+    @property
+    def decay_steps(self) -> int:
+        return math.ceil(self.tcfg.decay_fraction * self.total_steps)
+
+    def lr_at(self, step: int) -> float:
+        """Rate of step `step` (0-based): linear warm-up, hold, linear decay towards 0 at the end."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        decay = min(1.0, (self.total_steps - step) / self.decay_steps) if self.decay_steps else 1.0
+        return self.lr * warm * decay
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            where = f" for {self.cfg.hook_name}" if self.cfg.hook_name else ""
+            raise InterpError(
+                f"an activation batch has shape {list(x.shape)} but the SAE{where} expects (batch, {self.cfg.d_in}); "
+                "check the hook point and d_in"
+            )
+        return x.to(self.device, self.cfg.torch_dtype, non_blocking=True)
+
+    @torch.no_grad()
+    def initialise(self, sample: torch.Tensor) -> None:
+        """Input scale, `b_dec` and (optionally) active-subspace decoder from a sample `(n, d_in)`."""
+        sample = self.check(sample).float()
+        if self.tcfg.normalize:
+            self.scale = math.sqrt(self.cfg.d_in) / sample.norm(dim=1).mean().clamp_min(1e-12).item()
+        sample = sample * self.scale
+        mean = sample.mean(0)
+        sae = self.sae
+        if self.tcfg.init_active_subspace:
+            centred = sample - mean
+            _, s, v = torch.linalg.svd(centred, full_matrices=False)
+            explained = (s.pow(2).cumsum(0) / s.pow(2).sum()).cpu()
+            dims = int((explained < self.tcfg.active_subspace_variance).sum()) + 1
+            gen = torch.Generator(device="cpu").manual_seed(self.tcfg.seed)
+            coords = torch.randn(self.cfg.d_sae, dims, generator=gen).to(self.device)
+            rows = coords @ v[:dims]
+            sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
+            sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+
+    @torch.enable_grad()
+    def train_step(self, x: torch.Tensor) -> None:
+        """One Adam step on a batch `(n, d_in)` of raw activations (autograd on, whatever the caller's grad mode)."""
+        x = self.check(x) * self.scale
+        sae = self.sae
+        dead = self.since_fired >= self.dead_after
+        out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        with torch.no_grad():
+            g = sae.W_dec.grad
+            if g is not None:
+                rows = sae.W_dec
+                g -= (g * rows).sum(1, keepdim=True) * rows
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.step()
+        sae.normalize_decoder()
+        self.since_fired += x.shape[0]
+        self.since_fired[out.fired] = 0
+        self.step += 1
+        self.tokens += x.shape[0]
+        if self.step % 10 == 1 or self.step == self.total_steps:
+            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+            self.stats = {
+                "mse": out.mse.item(),
+                "fvu": (out.mse / variance).item(),
+                "l0": out.l0.item(),
+                "dead": dead.float().mean().item(),
+            }
+            self.history.append({"step": self.step, "tokens": self.tokens, **self.stats})
+
+    def dead_latents(self) -> dict[str, Any]:
+        """Latents that have not fired in the last `window_tokens` training tokens.
+
+        `window_tokens` is `dead_after`, or every token trained on when the run is shorter.
+        """
+        window = min(self.dead_after, self.tokens)
+        dead = self.since_fired >= window if window else torch.zeros_like(self.since_fired, dtype=torch.bool)
+        return {
+            "window_tokens": int(window),
+            "n_dead": int(dead.sum()),
+            "dead_fraction": float(dead.float().mean()),
+        }
+
+    def final_sae(self) -> SAE:
+        """The trained SAE with the input scale folded in (works on raw activations), in eval mode."""
+        sae = self.sae
+        sae.cfg = replace(sae.cfg)
+        sae.fold_input_scale(self.scale)
+        return sae.eval()
+
