@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow
 
 PUNCTUATION_RUN = re.compile(r"([^\w\s])\1{3,}")  # e.g. "-------", the symptom of a never-filled KV cache
 ALPHA = 0.5  # in units of the mean residual norm at the point
-# Per seed, mean probe P(positive) at +ALPHA minus at -ALPHA over the prompts. Measured: MARGIN_MEASURED.
+# Per seed, mean probe P(positive) at +ALPHA minus at -ALPHA over the prompts. Measured (layer 9, 4 prompts,
+# 16 tokens): 0.82, 0.67, 0.42 for seeds 0-2; means 0.25 / 0.78 / 0.89 at -0.5 / 0 / +0.5.
 # A vector that does nothing gives ~0; one with its sign flipped gives a negative margin.
-MIN_MARGIN = 0.3
+MIN_MARGIN = 0.25
 
 
 def test_greedy_generation_is_coherent_with_and_without_the_kv_cache():
@@ -33,9 +34,9 @@ def test_steer_build_then_eval_moves_a_heldout_probe_across_seeds(tmp_path):
     vec, out, prompts = tmp_path / "vec", tmp_path / "eval", tmp_path / "prompts.txt"
     build = interp("steer", "build", "--positive", "builtin:sentiment", "--layer", "9", "--out", str(vec))
     assert (vec / "vector.safetensors").exists() and str(vec) in build.stdout
-    prompts.write_text("\n".join(BUILTIN_PROMPTS[:6]) + "\n")
+    prompts.write_text("\n".join(BUILTIN_PROMPTS[:4]) + "\n")
     interp("steer", "eval", "--vector", str(vec), "--out", str(out), "--prompts", str(prompts),
-           "--alphas", f"-{ALPHA},0,{ALPHA}", "--alpha-unit", "norm", "--seeds", "3", "--max-new-tokens", "20")
+           "--alphas", f"-{ALPHA},0,{ALPHA}", "--alpha-unit", "norm", "--seeds", "3", "--max-new-tokens", "16")
     result = json.loads((out / "results.json").read_text())
     assert (out / "report.html").read_text().count("plotly") > 0
     curve = {row["alpha"]: row for row in result["curve"]}
