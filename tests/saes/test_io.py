@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, check_compatible, load_sae, 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 SAELENS_ARCHS = ("relu", "topk", "batchtopk", "jumprelu")  # top-AFA has no SAELens counterpart
 REPO = Path(__file__).resolve().parents[2]
-SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
+SAELENS_PY = REPO / os.environ.get("SAELENS_VENV", ".venv-saelens") / "bin" / "python"  # `make test-latest` sets it
 D_IN, D_SAE = 16, 48
 
 
