@@ -61,13 +61,17 @@ lock: test-latest
 	bash .ci/freeze_lock.sh $(LATEST) $(LOCK)
 	bash .ci/freeze_lock.sh .venv-saelens-latest $(SAELENS_LOCK)
 
-# Speed ratios (a few minutes each); the SAE quality comparison with SAELens takes ~40 min on its own.
+# Speed ratios (a few minutes each). The long quality runs (20-60 min each on 2 cores) are left out:
+# `make bench-quality` runs the two SAE ones; bench_lineas_vs_meandiff.py runs by hand.
+LONG_BENCHES = benchmarks/bench_sae_quality.py benchmarks/bench_sae_budget.py benchmarks/bench_lineas_vs_meandiff.py
+
 bench: setup
-	for f in $(filter-out benchmarks/bench_sae_quality.py,$(wildcard benchmarks/bench_*.py)); do $(PY) $$f || exit 1; done
+	for f in $(filter-out $(LONG_BENCHES),$(wildcard benchmarks/bench_*.py)); do $(PY) $$f || exit 1; done
 
 bench-quality: setup
 	SAELENS_LOCK=$(SAELENS_LOCK) bash benchmarks/saelens_env.sh
 	$(PY) benchmarks/bench_sae_quality.py
+	$(PY) benchmarks/bench_sae_budget.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) .venv-saelens .venv-saelens-latest out
