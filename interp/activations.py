@@ -218,6 +218,20 @@ class ActivationStore:
         return {v: k for k, v in NP_DTYPES.items()}[self.manifest["dtype"]]
 
     @property
+    def precision_loss(self) -> dict[str, dict[str, float]] | None:
+        """What storing in float16/bfloat16 lost, per point, over every stored row: `relative_rms_error`
+        (sqrt(sum (stored - float32)^2 / sum float32^2)) and `max_abs_error`. None for a float32 store
+        (or one written before this was recorded)."""
+        entries = [s["cast_error"] for s in self.manifest["shards"] if "cast_error" in s]
+        if not entries or len(entries) != len(self.manifest["shards"]):
+            return None
+        out = {}
+        for p in self.points:
+            sse, ss = sum(e[p][0] for e in entries), sum(e[p][1] for e in entries)
+            out[p] = {"relative_rms_error": math.sqrt(sse / ss) if ss > 0 else 0.0, "max_abs_error": max(e[p][2] for e in entries)}
+        return out
+
+    @property
     def n_tokens(self) -> int:
         """Rows written so far (equal to the target once the harvest is complete)."""
         return sum(s["rows"] for s in self.manifest["shards"])
@@ -445,16 +459,17 @@ def build_store(
             pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
             pending_rows = 0
             for tokens in itertools.chain([] if first is None else [first], batches):
-                acts = _rows(hm, tokens, names, schema["widths"], dtype)
+                # A lower-precision store is read in float32 and cast at the flush, which measures what the cast lost.
+                acts = _rows(hm, tokens, names, schema["widths"], torch.float32)
                 for n in names:
                     pending[n].append(acts[n])
                 pending_rows += len(acts[names[0]])
                 bar.update(len(acts[names[0]]))
                 while pending_rows >= shard_rows:  # a batch may hold several shards
-                    _flush(out, manifest, pending, shard_rows)
+                    _flush(out, manifest, pending, shard_rows, dtype)
                     pending_rows -= shard_rows
             if pending_rows:
-                _flush(out, manifest, pending, None)
+                _flush(out, manifest, pending, None, dtype)
     store = ActivationStore(out)
     if store.n_tokens < n_tokens:
         raise InterpError(f"data {source!r} ran out after {store.n_tokens} tokens of the {n_tokens} asked for: ask for fewer --tokens")
@@ -472,23 +487,42 @@ def _check_target(out: Path) -> None:
         raise InterpError(f"cannot write to {out} ({parent} is not a writable folder): choose a writable --out")
 
 
-def _flush(out: Path, manifest: dict, pending: dict[str, list[torch.Tensor]], rows: int | None) -> None:
-    """Write the first `rows` pending rows (all when None) of each point as the next shard.
+def _cast(rows: torch.Tensor, dtype: torch.dtype, point: str) -> tuple[torch.Tensor, list[float] | None]:
+    """`rows` (float32) in the store's dtype, and what the cast lost: `[sum sq. error, sum sq. value,
+    max abs error]` (None for float32). A value outside the dtype's range is an error, not an inf."""
+    if dtype == torch.float32:
+        return rows, None
+    low = rows.to(dtype)
+    if not torch.isfinite(low).all() and torch.isfinite(rows).all():
+        raise InterpError(f"activations at {point} exceed the range of {NP_DTYPES[dtype]} (largest |value| "
+                          f"{rows.abs().max().item():.4g}): store them as bfloat16 or float32 (--store-dtype)")
+    err = (low.float() - rows).double()
+    return low, [float(err.square().sum()), float(rows.double().square().sum()), float(err.abs().max()) if err.numel() else 0.0]
+
+
+def _flush(out: Path, manifest: dict, pending: dict[str, list[torch.Tensor]], rows: int | None, dtype: torch.dtype) -> None:
+    """Write the first `rows` pending float32 rows (all when None) of each point as the next shard, in `dtype`.
 
     Every point's file is complete (written and renamed atomically) before the manifest, itself
-    written atomically, counts the shard.
+    written atomically, counts the shard; a shard file the manifest does not list (a writer that
+    died before recording it) is never read, and is overwritten when the harvest resumes. For a
+    float16/bfloat16 store the shard's entry records what the cast lost per point (`cast_error`).
     """
     index = len(manifest["shards"])
     name = f"shard_{index:05d}.npy"
     count = 0
+    errors = {}
     for point, chunks in pending.items():
         data = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         take = data if rows is None else data[:rows]
         pending[point] = [] if rows is None else [data[rows:]]
+        take, error = _cast(take, dtype, point)
+        if error is not None:
+            errors[point] = error
         arr = take.view(torch.uint16).numpy() if take.dtype == torch.bfloat16 else take.numpy()
         with atomic_path(out / point / name, suffix=".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
         count = take.shape[0]
-    manifest["shards"].append({"file": name, "rows": count})
+    manifest["shards"].append({"file": name, "rows": count, **({"cast_error": errors} if errors else {})})
     write_json(out / "manifest.json", manifest)

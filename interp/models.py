@@ -134,18 +134,24 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ):
     """Load `spec` as a `TransformerBridge` in eval mode with gradients off for its weights.
 
+    `dtype` is the weights' dtype (float32 by default; bfloat16 halves memory on GPUs).
+    `device_map` ("auto", "balanced", or a dict of module name -> device) spreads a model larger
+    than one device over several with accelerate; it replaces `device` (giving both is an error).
     The returned bridge carries `interp_name` (the model's name for artifact metadata).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if device_map is not None and device is not None:
+        raise InterpError("give either a device or a device map, not both: --device-map places every layer itself")
     source, name = model_source(spec)
-    dev = resolve_device(device)
+    placement = {"device_map": device_map} if device_map is not None else {"device": str(resolve_device(device))}
     try:
         bridge = TransformerBridge.boot_transformers(
-            source, device=str(dev), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+            source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **placement
         )
     except InterpError:
         raise

@@ -347,3 +347,43 @@ def test_manifest_counts_a_shard_only_once_its_files_are_complete(tiny_model, co
         assert torch.equal(resumed.tensor(p), one_go.tensor(p))
     # A store holding more than asked for serves a smaller request as it is.
     assert build_store(tiny_model, POINTS, corpus, 600, tmp_path / "c", **KW).n_tokens == 1500
+
+
+@pytest.mark.parametrize("dtype, unit_roundoff", [(torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11)])
+def test_low_precision_store_is_the_float32_store_rounded_and_says_what_it_lost(tiny_model, corpus, tmp_path, dtype, unit_roundoff):
+    full = build_store(tiny_model, POINTS, corpus, 500, tmp_path / "f32", **KW)
+    low = build_store(tiny_model, POINTS, corpus, 500, tmp_path / "low", dtype=dtype, **KW)
+    assert low.dtype == dtype and full.precision_loss is None
+    for p in POINTS:
+        a, b = low.tensor(p), full.tensor(p)
+        assert a.dtype == dtype
+        # Round to nearest: each stored value is the float32 value's nearest representable one.
+        assert torch.equal(a, b.to(dtype))
+        rel = (a.float() - b).abs() / b.abs().clamp_min(1e-30)
+        assert rel[b.abs() > 1e-3].max() <= unit_roundoff * (1 + 1e-6)  # u = 2^-p, p significand bits
+        loss = low.precision_loss[p]  # summed over 5 shards, checked against the stores themselves
+        assert loss["relative_rms_error"] == pytest.approx(((a.double() - b.double()).norm() / b.double().norm()).item(), rel=1e-6)
+        assert loss["max_abs_error"] == pytest.approx((a.float() - b).abs().max().item(), rel=1e-6)
+    # The files are half the size.
+    size = lambda s: sum(f.stat().st_size for f in s.path.rglob("*.npy"))
+    assert size(low) < 0.55 * size(full)
+
+
+def test_float16_overflow_is_refused_with_one_line():
+    with pytest.raises(InterpError, match="exceed the range of float16.*bfloat16"):
+        acts_mod._cast(torch.tensor([[1.0, 7e4]]), torch.float16, "blocks.0.hook_resid_post")
+
+
+def test_a_shard_file_the_manifest_never_counted_is_ignored_and_replaced(tiny_model, corpus, tmp_path):
+    one_go = build_store(tiny_model, POINTS, corpus, 900, tmp_path / "a", **KW)
+    part = build_store(tiny_model, POINTS, corpus, 240, tmp_path / "b", **KW)  # 2 shards
+    # A writer that died after writing shard 2's file of one point, before the manifest counted it.
+    garbage = np.full((120, 64), 7.0, dtype=np.float32)
+    np.save(tmp_path / "b" / POINTS[0] / "shard_00002.npy", garbage)
+    np.save(tmp_path / "b" / POINTS[1] / "shard_00002.npy", garbage[:50])  # and a torn one
+    stale = ActivationStore(tmp_path / "b")
+    assert stale.n_tokens == 240 and stale.tensor(POINTS[0]).shape == (240, 64)
+    assert torch.equal(stale.tensor(POINTS[0]), part.tensor(POINTS[0]))
+    resumed = build_store(tiny_model, POINTS, corpus, 900, tmp_path / "b", **KW)
+    for p in POINTS:
+        assert torch.equal(resumed.tensor(p), one_go.tensor(p))

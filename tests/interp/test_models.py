@@ -34,3 +34,18 @@ def test_default_model_answers_paris(smol):
     tokens = smol.to_tokens("The capital of France is", prepend_bos=False)
     next_id = smol(tokens)[0, -1].argmax().item()
     assert smol.tokenizer.decode([next_id]).strip() == "Paris"
+
+
+def test_dtype_and_device_map_load_the_same_model(tiny_llama_dir, tiny_model):
+    tokens = tiny_model.to_tokens("The cat sat on the mat")
+    reference = tiny_model(tokens)
+    # accelerate places every module (here all on the CPU) instead of one .to(device)
+    mapped = load_model(str(tiny_llama_dir), device_map="auto")
+    assert torch.equal(mapped(tokens), reference)
+    half = load_model(str(tiny_llama_dir), dtype="bfloat16", device="cpu")
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    # bf16 weights and activations: close to float32, not equal
+    diff = (half(tokens).float() - reference).abs().max().item()
+    assert 0 < diff < 0.05 * reference.abs().max().item()
+    with pytest.raises(InterpError, match="device map"):
+        load_model(str(tiny_llama_dir), device="cpu", device_map="auto")
