@@ -1,4 +1,7 @@
-"""`interp steer build|generate|eval`: make, use and measure steering vectors from the shell.
+"""`interp steer build|generate|eval|export|import`: make, use, measure and share steering vectors from the shell.
+
+The literature methods (`--method lineas|sae-features`, LinEAS folders in `generate`, GGUF export
+and import) live in `interp.cli_steer_methods`.
 
 Mistakes a user can make raise `InterpError`; `interp.cli.main` prints it on one line and exits 1.
 """
@@ -11,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from interp import cli_steer_methods as methods
 from interp.errors import InterpError
 
 ALPHA_HELP = (
@@ -81,20 +85,49 @@ def build(
     model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
     layer: Optional[str] = typer.Option(None, help="Layer(s) whose resid_post to steer: N, A-B or A,B."),
     hook: Optional[str] = typer.Option(None, help="Hook point(s) instead of --layer, e.g. blocks.6.hook_resid_post."),
-    method: str = typer.Option("mean-diff", help="mean-diff (CAA) or pca (first PC of paired differences)."),
-    pool: str = typer.Option("mean", help="Token pooling per text: mean (over non-BOS tokens) or last."),
+    method: str = typer.Option("mean-diff", help="mean-diff (CAA), pca (first PC of paired differences), lineas (per-dimension "
+                               "affine maps fitted end to end, negative -> positive; writes a LinEAS folder) or sae-features "
+                               "(decoder rows of the SAE latents that best separate the sets; needs --sae)."),
+    pool: str = typer.Option("mean", help="Token pooling per text: mean (over non-BOS tokens) or last; lineas also tokens, "
+                             "sae-features also max."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl files."),
     batch_size: int = typer.Option(16, help="Texts per forward pass."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+    steps: int = typer.Option(100, help="lineas: optimisation steps."),
+    lr: float = typer.Option(0.02, help="lineas: Adam learning rate."),
+    lambda_group: float = typer.Option(0.05, help="lineas: group-lasso weight (whole layers stay at identity)."),
+    lambda_l1: float = typer.Option(0.0, "--lambda-l1", help="lineas: L1 weight (single dimensions stay at identity)."),
+    seed: int = typer.Option(0, help="lineas: seed of the fit."),
+    sae: Optional[Path] = typer.Option(None, help="sae-features: SAE folder; its hook point is used unless --layer/--hook is given."),
+    n_features: int = typer.Option(8, help="sae-features: latents to combine."),
+    criterion: str = typer.Option("effect_size", help="sae-features: how latents are ranked: effect_size (Cohen's d), paired (d_z of "
+                                  "line-paired sets) or mean_diff."),
 ) -> None:
-    """Build a steering vector from positive and negative texts."""
+    """Build a steering vector (or LinEAS maps) from positive and negative texts."""
     from interp import steering
 
-    if method not in ("mean-diff", "pca"):
-        raise InterpError(f"unknown --method {method!r}: use mean-diff or pca")
+    if method not in ("mean-diff", "pca", "lineas", "sae-features"):
+        raise InterpError(f"unknown --method {method!r}: use mean-diff, pca, lineas or sae-features")
+    if method == "lineas":
+        methods.check_lineas_options(pool, steps, lr, lambda_group, lambda_l1)
+    elif method == "sae-features":
+        methods.check_sae_options(sae, n_features, criterion, pool)
+    elif sae is not None:
+        raise InterpError(f"--sae is only used with --method sae-features (got --method {method})")
     pos, neg = _contrast_texts(positive, negative, text_field)
     lm = _load(model, device)
+    spec = {"positive": positive, "negative": negative, "model_spec": model}
+    if method == "sae-features":
+        point = None if layer is None and hook is None else _points(lm, layer, hook)
+        if point is not None and len(point) != 1:
+            raise InterpError(f"--method sae-features reads one hook point (the SAE's); got {point}")
+        methods.build_sae_features(lm, pos, neg, sae, point[0] if point else None, out, n_features, criterion, pool,
+                                   batch_size, spec)
+        return
     points = _points(lm, layer, hook)
+    if method == "lineas":
+        methods.build_lineas(lm, pos, neg, points, out, pool, steps, lr, lambda_group, lambda_l1, seed, spec)
+        return
     builder = steering.mean_diff if method == "mean-diff" else steering.pca_diff
     vector = builder(lm, pos, neg, points, pool=pool, batch_size=batch_size)
     vector.params.update({"positive": positive, "negative": negative, "model_spec": model})
@@ -138,7 +171,8 @@ def _sae_vector(lm, sae_dir: Path, feature: int):
 def generate(
     prompt: str = typer.Option(..., help="Prompt text."),
     model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
-    vector: Optional[Path] = typer.Option(None, help="Steering vector folder (from `interp steer build`)."),
+    vector: Optional[Path] = typer.Option(None, help="Steering vector folder (from `interp steer build`), or a LinEAS folder "
+                                          "(--method lineas; --alpha is then the map's strength, 0 = unsteered, 1 = fitted)."),
     sae: Optional[Path] = typer.Option(None, help="SAE folder; steer along the decoder row of --feature."),
     feature: Optional[int] = typer.Option(None, help="SAE latent index (with --sae)."),
     probe: Optional[Path] = typer.Option(None, help="Probe folder (directions.safetensors); steer along --point's direction."),
@@ -167,15 +201,21 @@ def generate(
         raise InterpError("--sae needs --feature N (the latent to steer along)")
     if probe is not None and point is None:
         raise InterpError("--probe needs --point (the hook point whose direction to use)")
-    vec = SteeringVector.load(vector) if vector is not None else None
+    from interp.steering.lineas import is_lineas_folder
+
+    lineas = vector is not None and is_lineas_folder(vector)
+    vec = SteeringVector.load(vector) if vector is not None and not lineas else None
     lm = _load(model, device)
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  kv_cache=False if no_kv_cache else None)
+    if lineas:
+        methods.generate_lineas(lm, vector, prompt, a, kwargs, compare, alpha_unit, positions, norm_preserve)
+        return
     if sae is not None:
         vec = _sae_vector(lm, sae, feature)
     elif probe is not None:
         vec = _probe_vector(lm, probe, point)
-    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                  positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit,
-                  kv_cache=False if no_kv_cache else None)
+    kwargs.update(positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
     steered = steer_generate(lm, prompt, vec, a, **kwargs)
     if not compare:
         typer.echo(steered)
@@ -217,6 +257,11 @@ def evaluate(
     prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)
     if seeds < 1:
         raise InterpError(f"--seeds must be at least 1, got {seeds}")
+    from interp.steering.lineas import is_lineas_folder
+
+    if is_lineas_folder(vector):
+        raise InterpError(f"{vector} holds LinEAS maps, which steer eval does not sweep: use steer generate --vector {vector} "
+                          "--alpha STRENGTH, or benchmarks/bench_lineas_vs_meandiff.py to score them")
     vec = SteeringVector.load(vector)
     lm = _load(model, device)
     check_compatible(lm, vec)
@@ -236,3 +281,6 @@ def evaluate(
     for row in result["curve"]:
         typer.echo("  ".join(f"{k} {v:.3f}" for k, v in row.items() if not k.endswith("_by_seed")))
     typer.echo(f"wrote {out}/results.json and {out}/report.html")
+
+
+methods.register(app)  # export, import

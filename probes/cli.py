@@ -71,13 +71,33 @@ def probe(
     limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N examples"),
     batch_size: int = typer.Option(16, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
+    target: Optional[str] = typer.Option(None, "--target", help="semantic-entropy: probe the semantic entropy of sampled answers "
+                                         "(Kossen et al.) from the question's hidden states instead of labels from --data"),
+    questions: str = typer.Option("builtin", "--questions", help="with --target semantic-entropy: builtin (82 shipped questions) "
+                                  "or a .jsonl file with a 'question' field per line"),
+    samples: int = typer.Option(5, "--samples", help="with --target semantic-entropy: answers sampled per question"),
+    max_new_tokens: int = typer.Option(12, "--max-new-tokens", help="with --target semantic-entropy: tokens per answer"),
+    temperature: float = typer.Option(1.0, "--temperature", help="with --target semantic-entropy: sampling temperature (> 0)"),
+    threshold: str = typer.Option("best-split", "--threshold", help="with --target semantic-entropy: where entropy splits into "
+                                  "high/low: best-split, median or a number (classification only)"),
 ) -> None:
-    """Probe every hook point in one pass; report held-out accuracy, control-task accuracy, selectivity and the chosen C."""
+    """Probe every hook point in one pass; report held-out accuracy, control-task accuracy, selectivity and the chosen C.
+
+    With --target semantic-entropy: sample answers to each question, measure their semantic
+    entropy, and probe it from the question's last-token hidden state (out-of-fold AUROC per point).
+    """
     from interp import load_model
     from interp.data import load_labelled
 
     from probes.sweep import check_split, infer_task, probe_layers
 
+    if target is not None:
+        from probes.cli_concepts import semantic_entropy_command
+
+        semantic_entropy_command(model=model, questions=questions, points=points, samples=samples, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, task=task, strength=strength, limit=limit, out=out, device=device,
+                                 batch_size=batch_size, seed=seed, target=target, threshold=threshold)
+        return
     texts, labels = load_labelled(data, text_field, label_field)
     types = load_labelled(data, text_field, type_field)[1] if type_field else None
     if limit is not None:
@@ -125,8 +145,14 @@ def tcav_command(
     set_size: Optional[int] = typer.Option(None, "--set-size", help="examples per random set (default: as many as concept examples)"),
     batch_size: int = typer.Option(16, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
+    global_cav: bool = typer.Option(False, "--global", help="GCAV (He et al., 2025): fuse the CAVs of every point in --points into "
+                                    "one global CAV; report per-point TCAV before/after and the global score with its t-test"),
 ) -> None:
-    """TCAV: does the concept raise the target? Scores per point with a t-test against random concepts."""
+    """TCAV: does the concept raise the target? Scores per point with a t-test against random concepts.
+
+    With --global: one global CAV fused across the points (GCAV/TGCAV); the t-test compares the
+    concept's global scores with random concepts' (one test, so --correction does not apply).
+    """
     from interp import load_model
 
     from probes.tcav import builtin_random_texts, tcav
@@ -134,9 +160,20 @@ def tcav_command(
     concept_texts = read_examples(concept, "concept")
     random_texts = builtin_random_texts() if random == "builtin" else read_examples(random, "random")
     class_texts = read_examples(inputs, "inputs")
+    if global_cav and runs < 2:
+        raise InterpError(f"--runs {runs}: the t-test needs at least 2 runs (10 or more is usual)")
     bridge = load_model(model, device=device)
     parsed = parse_target(target)
     name = concept.split(":", 1)[1] if concept.startswith("builtin:") else Path(concept).stem
+    if global_cav:
+        from probes.cli_concepts import print_gcav
+        from probes.gcav import gcav, write_gcav
+
+        result = gcav(bridge, concept_texts, random_texts, class_texts, parsed, points, n_runs=runs, set_size=set_size,
+                      seed=seed, batch_size=batch_size, alpha=alpha, concept=name, progress=True)
+        write_gcav(result, out)
+        print_gcav(result, target, out)
+        return
     result = tcav(bridge, concept_texts, random_texts, class_texts, parsed, points, n_runs=runs, set_size=set_size,
                   seed=seed, batch_size=batch_size, correction=correction, alpha=alpha, concept=name)
     result.save(out)

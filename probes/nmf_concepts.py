@@ -161,13 +161,14 @@ def fve_by_k(acts: Any, ks: Sequence[int], nonneg: str = "split", max_iter: int 
 
 
 # ------------------------------------------------------------------ on a model
-def _read(hm: Any, inputs: Any, point: str, level: str, batch_size: int) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
+def _read(hm: Any, inputs: Any, point: str, level: str, batch_size: int,
+          progress: bool = False) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
     """Activations `(n_rows, d)`, the input each row came from `(n_rows,)`, and each row's token (texts, token level)."""
     if hm.is_bridge and level == "token":
-        acts, text_index, token_ids = readout.read_tokens(hm, list(inputs), point, batch_size=batch_size)
+        acts, text_index, token_ids = readout.read_tokens(hm, list(inputs), point, batch_size=batch_size, progress=progress)
         tokens = [hm.model.tokenizer.decode([int(t)]) for t in token_ids]
         return acts[point], text_index.numpy(), tokens
-    acts = readout.read(hm, inputs, point, pool="mean", batch_size=batch_size)
+    acts = readout.read(hm, inputs, point, pool="mean", batch_size=batch_size, progress=progress)
     return acts[point], np.arange(len(inputs)), None
 
 
@@ -195,6 +196,7 @@ def nmf_concepts(
     seed: int = 0,
     batch_size: int = 16,
     out_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Find `k` NMF concepts in the activations of `inputs` at `point`, with top examples and importance.
 
@@ -212,6 +214,7 @@ def nmf_concepts(
     and score), `top_texts` (texts ranked by their highest token score) and, with a target,
     `tcav_score` and `mean_derivative`; `directions` `(k, d)` as lists. With `out_dir`, writes
     `results.json`, `directions.safetensors` and `report.html` there (`write_nmf_concepts`).
+    `progress`: progress bars for the readout and the gradients.
     """
     if level not in LEVELS:
         raise InterpError(f"unknown level {level!r}: use {' or '.join(LEVELS)}")
@@ -222,13 +225,14 @@ def nmf_concepts(
     name = names[0]
     if target is not None:
         resolve_target(hm.model, target, hm.is_bridge)
-    acts, text_index, tokens = _read(hm, inputs, name, level, batch_size)
+    acts, text_index, tokens = _read(hm, inputs, name, level, batch_size, progress)
     est = NMFConcepts(k=k, nonneg=nonneg, max_iter=max_iter, random_state=seed).fit(acts)
     S = est.scores_
     directions = torch.tensor(est.directions_, dtype=torch.float32)
     derivative = None
     if target is not None:
-        grads = target_gradients(hm, inputs if class_inputs is None else class_inputs, name, target, batch_size=batch_size)[name]
+        grads = target_gradients(hm, inputs if class_inputs is None else class_inputs, name, target, batch_size=batch_size,
+                                  progress=progress)[name]
         derivative = (grads @ directions.T).numpy()  # (n_class, k)
     texts = list(inputs) if hm.is_bridge else None
     concepts = []

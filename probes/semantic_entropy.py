@@ -110,9 +110,14 @@ def semantic_entropy(answers: Sequence[str], equivalent: Equivalence | None = No
 # ------------------------------------------------------------------------- sampling
 def load_questions(path: str | os.PathLike = "builtin") -> list[dict[str, Any]]:
     """Questions from a `.jsonl` file with a `question` field per line (`"builtin"`: the shipped set)."""
-    path = builtin_dataset_path("questions.jsonl") if str(path) == "builtin" else Path(path)
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows or any("question" not in r for r in rows):
+    path = builtin_dataset_path("questions.jsonl") if str(path) == "builtin" else Path(path).expanduser()
+    if not path.is_file():
+        raise InterpError(f"questions file {path} does not exist: give a .jsonl file with a 'question' field per line, or builtin")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InterpError(f"{path} is not JSON lines ({type(exc).__name__}): write one JSON object per line") from None
+    if not rows or any(not isinstance(r, dict) or "question" not in r for r in rows):
         raise InterpError(f"{path}: every line must be a JSON object with a 'question' field")
     return rows
 
@@ -226,7 +231,7 @@ def probe_entropy(
         smallest = int(min(y.sum(), len(y) - y.sum()))
         if smallest < 2:
             raise InterpError(f"the {threshold} threshold {cut:.3g} leaves {smallest} question(s) on one side: "
-                              "give more questions or another threshold")
+                              "give more questions, another threshold, or the regression task")
         folds = min(n_folds, smallest)
     else:
         y, cut, folds = h, None, min(n_folds, len(h) // 2)
@@ -277,14 +282,15 @@ def semantic_entropy_probe(
 ) -> dict[str, Any]:
     """Sample answers, measure semantic entropy per question, and probe it from the question's hidden states.
 
-    `questions`: texts, or `"builtin"` (`interp/datasets/questions.jsonl`) or a `.jsonl` path.
+    `questions`: texts (or rows `{"question": ..., ...}` as `load_questions` returns), or `"builtin"` (`interp/datasets/questions.jsonl`) or a `.jsonl` path.
     Each is put into `prompt_template` (`{question}`); answers are the first sentence of each of
     `n_samples` generations of `max_new_tokens` tokens. The probe reads the prompt's last token
     at `points` (`interp.readout.read`). Returns a JSON-ready dict: the probe results
     (`probe_entropy`), `best_point`, and per question its answers, cluster ids and entropy.
     With `out_dir`, writes `results.json` and `report.html` there (`write_semantic_entropy`).
     """
-    rows = load_questions(questions) if isinstance(questions, (str, os.PathLike)) else [{"question": q} for q in questions]
+    rows = (load_questions(questions) if isinstance(questions, (str, os.PathLike))
+            else [dict(q) if isinstance(q, Mapping) else {"question": q} for q in questions])
     if len(rows) < 4:
         raise InterpError(f"{len(rows)} questions are too few to train and test a probe: give at least 4 (40+ is better)")
     hm = as_hook_manager(model)
