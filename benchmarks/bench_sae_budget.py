@@ -58,7 +58,7 @@ def parse_args(argv):
 
 def open_store(args):
     """The store, harvested first if absent: STORE_CONTEXTS contexts of the built-in corpus."""
-    from interp.activations import ActivationStore, build_store
+    from interp.store import ActivationStore, build_store
 
     path = Path(args.store)
     if (path / "manifest.json").exists() and ActivationStore(path).complete:

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from interp import load_model, make_tiny_model
-from interp.activations import ActivationStore, build_store
+from interp.store import ActivationStore, build_store
 
 READ_MIN = 0.50
 

@@ -31,6 +31,8 @@ app = typer.Typer(
 console = Console()
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
+DTYPE_HELP = "the model's weights: float32, bfloat16 or float16 (bfloat16 halves GPU memory)"
+DEVICE_MAP_HELP = "spread a model too large for one device over several with accelerate: auto, balanced, ... (instead of --device)"
 
 
 @app.command()
@@ -94,44 +96,51 @@ def cache(
     ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
     batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
     text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
-    dtype: str = typer.Option("float32", "--dtype", help="stored dtype: float32, float16 or bfloat16"),
+    store_dtype: str = typer.Option("float32", "--store-dtype", help="stored dtype: float32, float16 or bfloat16 (halves the store; the precision loss is measured and printed)"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue an interrupted store at --out"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if present)"),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
 ) -> None:
     """Harvest activations at hook points into a memory-mapped store (resumable)."""
     from interp import load_model
-    from interp.activations import build_store
+    from interp.store import build_store
     from interp.models import resolve_dtype
 
     if tokens <= 0:
         raise InterpError(f"--tokens must be positive, got {tokens}")
-    store_dtype = resolve_dtype(dtype)
-    bridge = load_model(model, device=device)
+    stored = resolve_dtype(store_dtype)
+    bridge = load_model(model, device=device, dtype=dtype, device_map=device_map)
     try:
         store = build_store(bridge, hooks.split(";"), data, tokens, out, ctx_len=ctx_len, batch_size=batch_size,
-                            dtype=store_dtype, text_field=text_field, resume=resume)
+                            dtype=stored, text_field=text_field, resume=resume)
     except KeyboardInterrupt:
         console.print(f"interrupted: completed shards are kept in {out}; run the same command again to resume")
         raise
     widths = ", ".join(f"{p} width {w}" for p, w in store.widths.items())
     console.print(f"stored {store.n_tokens:,} tokens x {len(store.points)} point(s) ({widths}) in {out}")
+    for point, loss in (store.precision_loss or {}).items():
+        console.print(f"{store_dtype} precision loss at {point}: relative RMS error {loss['relative_rms_error']:.2e}, "
+                      f"largest absolute error {loss['max_abs_error']:.3g}")
 
 
 _mounted = False
 
 
 def _mount() -> None:
-    """Add the SAE, probe and steering commands (imported here so `interp` alone stays light)."""
+    """Add the SAE, probe, concept and steering commands (imported here so `interp` alone stays light)."""
     global _mounted
     if _mounted:
         return
     _mounted = True
     from interp.cli_steer import app as steer_app
     from probes.cli import register as register_probes
+    from probes.cli_concepts import register as register_concepts
     from saes.cli import app as sae_app
 
     app.add_typer(sae_app, name="sae")
     register_probes(app)
+    register_concepts(app)
     app.add_typer(steer_app, name="steer")
 
 

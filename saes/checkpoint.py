@@ -5,7 +5,8 @@ then rename), so it is always whole: the SAE's weights and buffers (`sae.*`), Ad
 (`adam.<param>.exp_avg`, `adam.<param>.exp_avg_sq`) and the per-latent "tokens since fired"
 counters, with the step, the token position in the stream, the input scale, Adam's step counts,
 the loss history and both configs as JSON in its header (`state`). `checkpoint.json` repeats
-the counters for people; nothing reads it back.
+the counters for people; nothing reads it back. Step and token position are global (summed over
+data-parallel ranks), so a checkpoint resumes under any number of ranks with the same global batch.
 
 `StopSignals` turns SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before they
 preempt a job) into a clean stop. While the trainer is `busy()` (a step, a save), a signal only
@@ -81,6 +82,12 @@ def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
         raise InterpError(
             f"checkpoint {path} is for a different SAE ({cfg['arch']}, d_in={cfg['d_in']}, d_sae={cfg['d_sae']}): "
             "use another out dir or start over"
+        )
+    batch = meta.get("train_cfg", {}).get("batch_size")
+    if batch is not None and batch != trainer.tcfg.batch_size:
+        raise InterpError(
+            f"checkpoint {path} was trained on batches of {batch} tokens (over all ranks) but this run uses "
+            f"{trainer.tcfg.batch_size}: resume with --batch-size {batch} (on any number of ranks that divides it)"
         )
     if cfg.get("manifest") and trainer.cfg.manifest:
         check_manifest(cfg["manifest"], trainer.cfg.manifest, f"the checkpoint in {folder}",

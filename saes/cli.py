@@ -113,15 +113,18 @@ def _training_span(cfg) -> int | None:
 
 
 def _stream_source(bridge, point: str, data: str, tokens: int, ctx_len: int, batch_size: int, seed: int, device,
-                   text_field: str):
+                   text_field: str, progress: bool = True):
     """A callable source for `train_sae`: `source(start)` streams the point's activations from
-    token `start` on, without running the model over the text before the shuffle block holding it."""
+    token `start` on, without running the model over the text before the shuffle block holding it.
+    The harvest runs in a background thread (`interp.prefetch`), overlapped with training."""
     from interp.activations import harvest
+    from interp.prefetch import prefetch
 
     def source(start: int):
         stream = harvest(bridge, point, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed, device=device,
-                         text_field=text_field, progress=True, shuffle_buffer_tokens=SHUFFLE_TOKENS, skip_tokens=start)
-        return (batch[point] for batch in stream)
+                         text_field=text_field, progress=progress, shuffle_buffer_tokens=SHUFFLE_TOKENS, skip_tokens=start)
+        # The model runs in a background thread, a batch or two ahead of the SAE steps.
+        return (batch[point] for batch in prefetch(stream, depth=2))
 
     return source
 
@@ -140,7 +143,8 @@ def train(
     width: Optional[int] = typer.Option(None, "--width", help="number of latents d_sae (overrides --expansion)"),
     expansion: int = typer.Option(8, "--expansion", help="d_sae = expansion * d_in"),
     tokens: int = typer.Option(1_000_000, "--tokens", help="training tokens"),
-    batch_size: int = typer.Option(4096, "--batch-size", help="tokens per training step"),
+    batch_size: int = typer.Option(4096, "--batch-size", help="tokens per training step, over all ranks (under torchrun "
+                                   "each of N ranks trains on batch-size / N of them)"),
     lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default: scaled with width)"),
     data: str = typer.Option("builtin", "--data", help=DATA_HELP),
     text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
@@ -152,11 +156,44 @@ def train(
     checkpoint_steps: int = typer.Option(0, "--checkpoint-steps", help="write a checkpoint every this many steps (0: off)"),
     eval_tokens: int = typer.Option(10_000, "--eval-tokens", help="tokens for the evaluation after training (0: skip it)"),
     seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; under torchrun cuda means cuda:LOCAL_RANK"),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help="under torchrun: seconds a rank waits for the others "
+                                       "in a collective before it gives up with an error"),
+    dtype: str = typer.Option("float32", "--dtype", help="the model's weights: float32, bfloat16 or float16 (the SAE trains in float32)"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="spread a model too large for one device over several "
+                                             "with accelerate: auto, balanced, ... (one process; the SAE trains on --device)"),
+    store_dtype: str = typer.Option("float32", "--store-dtype", help="dtype of a --store harvested here: float32, float16 or "
+                                    "bfloat16 (half the disk; the precision loss is measured and printed)"),
 ) -> None:
-    """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it on held-out text."""
+    """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it on held-out text.
+
+    Under `torchrun --nproc-per-node N -m interp sae train ...` the N ranks train one SAE data-parallel
+    (docs/scaling.md): the same SAE as one process, only rank 0 writes.
+    """
+    from saes.distributed import process_group
+
+    quiet = console.quiet
+    try:
+        with process_group(device, dist_timeout) as (world, rank_device):
+            console.quiet = quiet or not world.is_main
+            evaluate = _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data,
+                              text_field, ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps,
+                              eval_tokens, seed, rank_device if world.parallel else device, world,
+                              model_dtype=dtype, device_map=device_map, store_dtype=store_dtype)
+        # After the group is gone: rank 0 evaluates, however long that takes, while the others exit.
+        if evaluate is not None:
+            evaluate()
+    finally:
+        console.quiet = quiet
+
+
+def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data, text_field,
+           ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps, eval_tokens, seed, device, world,
+           model_dtype="float32", device_map=None, store_dtype="float32"):
+    """Train (every rank); return the evaluation to run on rank 0 afterwards, or None."""
     from interp import HookManager, load_model
-    from interp.activations import ActivationStore, build_store, check_store
+    from interp.models import resolve_dtype
+    from interp.store import ActivationStore, build_store, check_store
     from interp.data import fingerprint
     from interp.manifest import make_manifest
     from saes.architectures import SAEConfig
@@ -170,11 +207,18 @@ def train(
         raise InterpError(f"--eval-tokens must be 0 or positive, got {eval_tokens}")
     if checkpoint_minutes < 0 or checkpoint_steps < 0:
         raise InterpError("--checkpoint-minutes and --checkpoint-steps must be 0 (off) or positive")
+    if batch_size % world.size:
+        raise InterpError(f"--batch-size {batch_size} (tokens per step over all ranks) does not split evenly over "
+                          f"{world.size} ranks: choose a multiple of {world.size}")
     # Everything that can be refused is refused before the model loads or anything is written.
+    # A latent-sharded trainer (`saes.sharded`, a --shard-latents flag) would be selected here.
+    if device_map is not None and world.parallel:
+        raise InterpError("--device-map spreads one model over every GPU, so it runs in one process: start it without torchrun")
+    stored_dtype = resolve_dtype(store_dtype)
     check_out_dir(out, resume, overwrite)
     if store is not None:
         _check_store_folder(store)
-    bridge = load_model(model, device=device)
+    bridge = load_model(model, device=None if device_map else device, dtype=model_dtype, device_map=device_map)
     hm = HookManager(bridge)
     if hook is None:
         hook = f"{site}:{hm.n_layers // 2 if layer is None else layer}"
@@ -209,12 +253,19 @@ def train(
     tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device,
                        checkpoint_every=checkpoint_steps, checkpoint_minutes=checkpoint_minutes or None)
     if store is not None:
+        if (have is None or have.n_tokens < tokens) and world.parallel:
+            raise InterpError(f"--store {store} holds fewer than {tokens:,} tokens of {point}: build it in one process first "
+                              f"(interp cache, or this command without torchrun), then start the {world.size} ranks")
         if have is None or have.n_tokens < tokens:
-            have = build_store(bridge, point, data, tokens, store, ctx_len=ctx_len, text_field=text_field)
+            have = build_store(bridge, point, data, tokens, store, ctx_len=ctx_len, text_field=text_field, dtype=stored_dtype)
             console.print(f"activations stored in {store}")
+            for loss in (have.precision_loss or {}).values():
+                console.print(f"{store_dtype} store: relative RMS error {loss['relative_rms_error']:.2e} against float32, "
+                              f"largest absolute error {loss['max_abs_error']:.3g}")
         source: Any = have.batches(point, batch_size=batch_size, shuffle=True, seed=seed)
     else:
-        source = _stream_source(bridge, point, data, tokens, ctx_len, batch_size, seed, tcfg.resolved_device(), text_field)
+        source = _stream_source(bridge, point, data, tokens, ctx_len, batch_size, seed, tcfg.resolved_device(), text_field,
+                                progress=world.is_main)
 
     console.print(f"training a {cfg.arch} SAE with {cfg.d_sae} latents on {point} (d_in {d_in}) for {tokens:,} tokens")
     try:
@@ -223,8 +274,9 @@ def train(
         console.print(f"interrupted: a checkpoint is in {out}; run the same command with --resume to continue")
         raise
     console.print(f"saved the SAE to {out} (cfg.json, sae_weights.safetensors; loads in SAELens with SAE.load_from_disk)")
-    if eval_tokens:
-        _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, train_contexts, text_field, True, out)
+    if eval_tokens and world.is_main:
+        return lambda: _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, train_contexts, text_field, True, out)
+    return None
 
 
 def _load_for(sae_dir: Path, model: Optional[str], device: Optional[str]):

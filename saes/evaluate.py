@@ -35,7 +35,7 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from interp.activations import ActivationStore
+from interp.store import ActivationStore
 from interp.atomic import write_json
 from interp.data import token_batches
 from interp.errors import InterpError

@@ -61,7 +61,7 @@ def rebatch(it: Iterator[Any], size: int, limit: int) -> Iterator[Any]:
     have = 0
     for batch in it:
         if limit <= 0:
-            return
+            break  # the rows already taken still make a last, shorter batch
         batch = slice_rows(batch, 0, limit) if rows(batch) > limit else batch
         limit -= rows(batch)
         parts.append(batch)

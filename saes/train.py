@@ -37,6 +37,11 @@ checkpoint left off (a callable source is asked to start at the checkpoint's tok
 Ctrl-C and SIGTERM write a checkpoint and stop: Ctrl-C re-raises KeyboardInterrupt, SIGTERM
 raises `Terminated` (one line). A folder that already holds a run is not trained into again
 unless the call resumes it or asks to overwrite it.
+
+Data parallel (`saes.distributed`, under torchrun): `batch_size` is the global batch; each of the
+W ranks trains on its slice of every global batch and the run equals one process's run. Only
+rank 0 writes; checkpoints hold global positions, so a run resumes under any W dividing the batch.
+A dead or silent rank raises `PeerLost` (one line) on the others.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from tqdm.auto import tqdm
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.manifest import make_manifest
+from saes import distributed
 from saes.architectures import SAE, SAEConfig
 from saes.checkpoint import CHECKPOINT, StopSignals, Terminated, load_checkpoint, save_checkpoint
 from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
@@ -135,16 +141,34 @@ def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, o
         raise InterpError(f"n_tokens={tcfg.n_tokens}: train on at least one token (e.g. n_tokens=10_000_000)")
     if tcfg.batch_size < 1:
         raise InterpError(f"batch_size={tcfg.batch_size} must be at least 1")
+    w = distributed.world()
+    if tcfg.batch_size % w.size:
+        raise InterpError(f"batch_size={tcfg.batch_size} (the global batch) does not split evenly over {w.size} ranks: "
+                          f"choose a multiple of {w.size}, or another number of ranks")
     folders = {p: out_dir / _folder_name(p) if multi else out_dir for p in cfgs}
     for folder in folders.values():
         check_out_dir(folder, resume, overwrite)
+    # One trainer per point; a latent-sharded trainer (`saes.sharded`) would be chosen here.
     trainers = {p: Trainer(_with_manifest(c), tcfg) for p, c in cfgs.items()}
-    resumed = resume and all((folders[p] / CHECKPOINT).exists() for p in cfgs)
+    try:
+        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w)
+    except distributed.PeerLost as exc:
+        raise distributed.PeerLost(f"{exc}; resume from the last checkpoint in {out_dir} (--resume), with any number of ranks") from None
+
+
+def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
+         progress: bool, w: distributed.World) -> dict:
+    resumed = distributed.share(resume and all((folders[p] / CHECKPOINT).exists() for p in trainers), w)
     if resumed:
-        for p, t in trainers.items():
-            load_checkpoint(t, folders[p])
-        if len({t.tokens for t in trainers.values()}) != 1:
-            raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
+        def load() -> None:
+            for p, t in trainers.items():
+                load_checkpoint(t, folders[p])
+            if len({t.tokens for t in trainers.values()}) != 1:
+                raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
+
+        distributed.on_main(load, w)
+        for t in trainers.values():
+            distributed.broadcast_trainer(t, w)
     start = next(iter(trainers.values())).tokens
     stream = rebatch(open_at(source, start), tcfg.batch_size, tcfg.n_tokens - start)
 
@@ -157,42 +181,64 @@ def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, o
                 break
         if not head:
             raise InterpError("the activation source yielded no activations: check the data source and token budget")
-        sample = cat(head)
+        sample = cat(head)  # the global sample: every rank reads the whole stream
         for p, t in trainers.items():
             t.initialise(pick(sample, p))
+            distributed.broadcast_trainer(t, w)
         if overwrite:
-            for folder in folders.values():
-                for name in RUN_FILES:
-                    (folder / name).unlink(missing_ok=True)
+            def clear() -> None:
+                for folder in folders.values():
+                    for name in RUN_FILES:
+                        (folder / name).unlink(missing_ok=True)
+
+            distributed.on_main(clear, w)
         stream = chain(head, stream)
 
     lead = next(iter(trainers.values()))
-    bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not progress, desc="SAE training")
+    bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not (progress and w.is_main),
+               desc="SAE training")
     saved_step, saved_at = lead.step, time.monotonic()
 
-    def save_all() -> None:
+    def save_all(together: bool = True) -> None:
+        """Rank 0 writes; `together`: every rank waits for it (else rank 0 alone, e.g. on a signal)."""
         nonlocal saved_step, saved_at
-        for p, t in trainers.items():
-            save_checkpoint(t, folders[p])
+
+        def save() -> None:
+            for p, t in trainers.items():
+                save_checkpoint(t, folders[p])
+
+        if together:
+            distributed.on_main(save, w)
+        elif w.is_main:
+            save()
         saved_step, saved_at = lead.step, time.monotonic()
 
     with StopSignals() as stop, bar:
         try:
             for batch in stream:
+                distributed.fault_hook(lead.step, w)
                 with stop.busy():
+                    local = distributed.local_rows(batch, w)
                     for p, t in trainers.items():
-                        t.train_step(pick(batch, p))
+                        if w.parallel:
+                            t.train_step(pick(local, p), rows(batch))
+                        else:
+                            t.train_step(pick(batch, p))
                     bar.update(rows(batch))
                     if lead.stats:
                         bar.set_postfix(mse=f"{lead.stats['mse']:.3g}", fvu=f"{lead.stats['fvu']:.3f}", L0=f"{lead.stats['l0']:.1f}",
                                         dead=f"{lead.stats['dead']:.1%}", refresh=False)
-                    if _checkpoint_due(tcfg, lead.step, saved_step, saved_at):
+                    due, signum = distributed.any_flags(
+                        [_checkpoint_due(tcfg, lead.step, saved_step, saved_at), stop.received or 0], w, lead.device)
+                    if due:
                         save_all()
+                    if signum and stop.received is None:  # another rank was signalled: stop at the same step
+                        stop.received = signum
                 stop.raise_if_stopped()
         except (KeyboardInterrupt, Terminated) as exc:
             with stop.busy():
                 if lead.step > saved_step:
-                    save_all()
+                    save_all(together=False)
             if isinstance(exc, Terminated):
                 raise Terminated(
                     f"stopped by SIGTERM after step {lead.step} ({lead.tokens:,} tokens): a checkpoint is in {out_dir}; "
@@ -202,7 +248,8 @@ def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, o
         if lead.step == 0:
             raise InterpError("the activation source yielded no activations: check the data source and token budget")
         with stop.busy():
-            saes = {p: save_run(t, folders[p]) for p, t in trainers.items()}
+            saved = distributed.on_main(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w)
+            saes = saved if saved is not None else {p: t.final_sae() for p, t in trainers.items()}
     return saes
 
 

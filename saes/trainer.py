@@ -12,6 +12,10 @@ short run gets the same shape as a long one (a fixed 100-step warm-up is longer 
 Dead latents: `since_fired (d_sae,)` counts the training tokens since each latent last fired.
 A latent is dead when it has not fired in the last `dead_after` tokens (all tokens so far, when
 fewer); `dead_latents()` reports that figure with the window it covers.
+
+Data parallel (`saes.distributed`): under torchrun each rank steps on its slice of the global
+batch; `train_step` all-reduces gradients, the fired mask and the logged figures before changing
+any state, so every rank applies the same update and counts the same global tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
+from saes import distributed
 from saes.architectures import SAE, SAEConfig, make_sae
 
 
@@ -52,7 +57,8 @@ class TrainConfig:
     device: str | None = None
 
     def resolved_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        """`device`, else CUDA if present (`cuda:LOCAL_RANK` under torchrun), else CPU."""
+        return torch.device(distributed.rank_device(self.device))
 
 
 LONG_RUN_STEPS = 25_000  # from this many steps on, the peak rate is Gao et al.'s
@@ -88,6 +94,7 @@ class Trainer:
     def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig):
         self.cfg, self.tcfg = sae_cfg, train_cfg
         self.device = train_cfg.resolved_device()
+        self.world = distributed.world()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_cfg.seed)
             self.sae = make_sae(sae_cfg)
@@ -166,14 +173,28 @@ class Trainer:
         sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
 
     @torch.enable_grad()
-    def train_step(self, x: torch.Tensor) -> None:
-        """One Adam step on a batch `(n, d_in)` of raw activations (autograd on, whatever the caller's grad mode)."""
+    def train_step(self, x: torch.Tensor, batch_rows: int | None = None) -> None:
+        """One Adam step on a batch `(n, d_in)` of raw activations (autograd on, whatever the caller's grad mode).
+
+        Data parallel: `x` is this rank's slice (possibly empty) of a global batch of `batch_rows` rows.
+        """
         x = self.check(x) * self.scale
+        n = x.shape[0] if batch_rows is None else batch_rows
         sae = self.sae
         dead = self.since_fired >= self.dead_after
-        out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
+        log = (self.step + 1) % 10 == 1 or self.step + 1 == self.total_steps
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out = None
+        if x.shape[0]:
+            out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
+            out.loss.backward()
+        if self.world.parallel:
+            fired, stats = self._reduce(x, out, n, log)
+        else:
+            fired = out.fired
+            if log:
+                variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+                stats = [out.mse.item(), (out.mse / variance).item(), out.l0.item()]
         with torch.no_grad():
             g = sae.W_dec.grad
             if g is not None:
@@ -183,19 +204,29 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()
         sae.normalize_decoder()
-        self.since_fired += x.shape[0]
-        self.since_fired[out.fired] = 0
+        self.since_fired += n
+        self.since_fired[fired] = 0
         self.step += 1
-        self.tokens += x.shape[0]
-        if self.step % 10 == 1 or self.step == self.total_steps:
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-            self.stats = {
-                "mse": out.mse.item(),
-                "fvu": (out.mse / variance).item(),
-                "l0": out.l0.item(),
-                "dead": dead.float().mean().item(),
-            }
+        self.tokens += n
+        if log:
+            self.stats = {"mse": stats[0], "fvu": stats[1], "l0": stats[2], "dead": dead.float().mean().item()}
             self.history.append({"step": self.step, "tokens": self.tokens, **self.stats})
+
+    def _reduce(self, x: torch.Tensor, out, n: int, log: bool) -> tuple[torch.Tensor, list[float] | None]:
+        """Global gradients, fired mask and (when logging) [mse, fvu, l0] of the global batch."""
+        share = x.shape[0] / n
+        fired = out.fired if out is not None else torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=self.device)
+        sums = None
+        if log:  # means over the global batch from weighted local sums: mse, l0, E[x], E[|x|^2]
+            xf = x.float()
+            mse, l0 = (out.mse.float(), out.l0.float()) if out is not None else (xf.new_zeros(()), xf.new_zeros(()))
+            sums = torch.cat([torch.stack([mse, l0]) * share, xf.sum(0) / n, xf.pow(2).sum().reshape(1) / n])
+        fired, sums = distributed.reduce_step(self.sae, fired, x.shape[0], n, sums)
+        if sums is None:
+            return fired, None
+        mse, l0, mean, square = sums[0], sums[1], sums[2:-1], sums[-1]
+        variance = square - mean.pow(2).sum()
+        return fired, [mse.item(), (mse / variance).item(), l0.item()]
 
     def dead_latents(self) -> dict[str, Any]:
         """Latents that have not fired in the last `window_tokens` training tokens.

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import interp.activations as acts_mod
+import interp.store as store_mod
 from interp import InterpError
-from interp.activations import ActivationStore, build_store, check_store, harvest, point_shapes
+from interp.activations import harvest, point_shapes
+from interp.store import ActivationStore, build_store, check_store
 from interp.data import fingerprint, token_batches
 from interp.manifest import make_manifest
 
@@ -312,7 +314,7 @@ def test_generators_leave_grad_mode_hooks_and_threads_alone(tiny_model, corpus, 
 
 def test_manifest_counts_a_shard_only_once_its_files_are_complete(tiny_model, corpus, tmp_path, monkeypatch):
     one_go = build_store(tiny_model, POINTS, corpus, 1500, tmp_path / "a", **KW)
-    real_write = acts_mod.write_json
+    real_write = store_mod.write_json
     writes = []
 
     def checked_write(target, obj):
@@ -322,11 +324,11 @@ def test_manifest_counts_a_shard_only_once_its_files_are_complete(tiny_model, co
         writes.append(len(obj["shards"]))
         real_write(target, obj)
 
-    monkeypatch.setattr(acts_mod, "write_json", checked_write)
+    monkeypatch.setattr(store_mod, "write_json", checked_write)
     build_store(tiny_model, POINTS, corpus, 500, tmp_path / "c", **KW)  # 4 shards of 120 rows, then 20
     assert writes[-5:] == [1, 2, 3, 4, 5]
     # Extending replaces the short last shard; interrupted after one point's new file is in place.
-    real_path, calls = acts_mod.atomic_path, []
+    real_path, calls = store_mod.atomic_path, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -334,14 +336,14 @@ def test_manifest_counts_a_shard_only_once_its_files_are_complete(tiny_model, co
             raise KeyboardInterrupt
         return real_path(*args, **kwargs)
 
-    monkeypatch.setattr(acts_mod, "atomic_path", interrupted)
+    monkeypatch.setattr(store_mod, "atomic_path", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_store(tiny_model, POINTS, corpus, 1500, tmp_path / "c", **KW)
     half = ActivationStore(tmp_path / "c")
     assert half.n_tokens == 480 and not list((tmp_path / "c").rglob("*.tmp"))
     for p in POINTS:
         assert torch.equal(half.tensor(p), one_go.tensor(p)[:480])
-    monkeypatch.setattr(acts_mod, "atomic_path", real_path)
+    monkeypatch.setattr(store_mod, "atomic_path", real_path)
     resumed = build_store(tiny_model, POINTS, corpus, 1500, tmp_path / "c", **KW)
     for p in POINTS:
         assert torch.equal(resumed.tensor(p), one_go.tensor(p))
@@ -371,7 +373,7 @@ def test_low_precision_store_is_the_float32_store_rounded_and_says_what_it_lost(
 
 def test_float16_overflow_is_refused_with_one_line():
     with pytest.raises(InterpError, match="exceed the range of float16.*bfloat16"):
-        acts_mod._cast(torch.tensor([[1.0, 7e4]]), torch.float16, "blocks.0.hook_resid_post")
+        store_mod._cast(torch.tensor([[1.0, 7e4]]), torch.float16, "blocks.0.hook_resid_post")
 
 
 def test_a_shard_file_the_manifest_never_counted_is_ignored_and_replaced(tiny_model, corpus, tmp_path):

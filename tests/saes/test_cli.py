@@ -186,7 +186,7 @@ def test_store_made_with_other_settings_is_refused(tiny_llama_dir, corpus, tmp_p
 
 
 def test_evaluation_text_is_disjoint_from_training_text(tiny_llama_dir, corpus, tmp_path):
-    from interp.activations import ActivationStore
+    from interp.store import ActivationStore
     from interp.data import token_batches
     from interp import load_model
 
@@ -252,3 +252,37 @@ def test_resumed_streamed_run_seeks_instead_of_rerunning_the_model(tiny_llama_di
     full, cut = load_sae(tmp_path / "full"), load_sae(tmp_path / "cut")
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         assert torch.allclose(getattr(cut, name), getattr(full, name), atol=1e-5), name
+
+
+def test_bf16_model_and_store_train_an_sae_close_to_the_float32_one(tiny_llama_dir, corpus, tmp_path):
+    from interp.store import ActivationStore
+
+    def run(name, *extra):
+        out, store = tmp_path / name, tmp_path / f"{name}-store"
+        result = runner.invoke(app, ["train", "--model", str(tiny_llama_dir), "--layer", "1", "--k", "4", "--expansion", "2",
+                                     "--tokens", "1200", "--batch-size", "200", "--data", corpus, "--ctx-len", "32",
+                                     "--store", str(store), "--out", str(out), "--eval-tokens", "0", *extra])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return ActivationStore(store), load_sae(out), result.output
+
+    full_store, full, _ = run("f32")
+    low_store, low, output = run("bf16", "--store-dtype", "bfloat16")
+    point = "blocks.1.hook_resid_post"
+    a, b = low_store.tensor(point), full_store.tensor(point)
+    assert a.dtype == torch.bfloat16 and torch.equal(a, b.to(torch.bfloat16))
+    loss = low_store.precision_loss[point]
+    assert loss["relative_rms_error"] == pytest.approx(((a.double() - b.double()).norm() / b.double().norm()).item(), rel=1e-6)
+    assert "bfloat16 store: relative RMS error" in output.replace("\n", " ")
+    # The SAE trains in float32 either way, and bf16 rounding of its inputs costs it little: FVE on
+    # the float32 rows, computed here from each SAE's forward.
+    assert low.W_dec.dtype == torch.float32
+
+    def fve(sae):
+        with torch.no_grad():
+            return 1 - ((sae(b) - b) ** 2).sum().item() / ((b - b.mean(0)) ** 2).sum().item()
+
+    print(f"FVE on float32 rows: float32 store {fve(full):.4f}, bfloat16 store {fve(low):.4f}")
+    assert fve(full) > 0.3 and abs(fve(low) - fve(full)) < 0.02
+    # A bf16 model harvests bf16 activations; the SAE still trains in float32 on them.
+    _, half_model, _ = run("bf16-model", "--dtype", "bfloat16")
+    assert half_model.W_dec.dtype == torch.float32 and torch.isfinite(half_model.W_dec).all()

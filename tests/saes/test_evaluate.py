@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interp import HookManager
-from interp.activations import build_store
+from interp.store import build_store
 from interp.data import token_batches
 from interp.errors import InterpError
 from saes.architectures import SAEConfig, make_sae
