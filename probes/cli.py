@@ -77,7 +77,7 @@ def probe(
                                   "or a .jsonl file with a 'question' field per line"),
     samples: int = typer.Option(5, "--samples", help="with --target semantic-entropy: answers sampled per question"),
     max_new_tokens: int = typer.Option(12, "--max-new-tokens", help="with --target semantic-entropy: tokens per answer"),
-    temperature: float = typer.Option(1.0, "--temperature", help="with --target semantic-entropy: sampling temperature (> 0)"),
+    temperature: float = typer.Option(0.5, "--temperature", help="with --target semantic-entropy: sampling temperature (> 0; at 1.0 a 135M model answers mostly noise)"),
     threshold: str = typer.Option("best-split", "--threshold", help="with --target semantic-entropy: where entropy splits into "
                                   "high/low: best-split, median or a number (classification only)"),
 ) -> None:

@@ -267,7 +267,7 @@ def semantic_entropy_probe(
     points: str | Sequence[str] = "resid_post:all",
     n_samples: int = 5,
     max_new_tokens: int = 12,
-    temperature: float = 1.0,
+    temperature: float = 0.5,
     equivalent: Equivalence | None = None,
     prompt_template: str = PROMPT,
     task: str = "classification",
