@@ -164,8 +164,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script wrapper: exit with `main()`'s status."""
-    raise SystemExit(main())
+    """Console-script wrapper: exit with `main()`'s status.
+
+    A rank started by torchrun ends with `os._exit` once its output is flushed: its work is done
+    and written, and skipping interpreter teardown keeps gloo's background threads from aborting
+    the process at exit ("terminate called without an active exception"), which would turn a
+    finished run into a failed one.
+    """
+    import os
+
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

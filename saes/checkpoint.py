@@ -8,6 +8,11 @@ the loss history and both configs as JSON in its header (`state`). `checkpoint.j
 the counters for people; nothing reads it back. Step and token position are global (summed over
 data-parallel ranks), so a checkpoint resumes under any number of ranks with the same global batch.
 
+A latent-sharded run (`saes.sharded_trainer.ShardedTrainer`, `trainer.shard = (r, N)`) writes one
+file per latent rank, `checkpoint-shard-{r}-of-{N}.safetensors` (with its `.json`), holding that
+rank's shard of the weights, Adam state and counters; it resumes only with the same N
+(`resumable` says why not, on one line).
+
 `StopSignals` turns SIGINT (Ctrl-C) and SIGTERM (what cluster schedulers send before they
 preempt a job) into a clean stop. While the trainer is `busy()` (a step, a save), a signal only
 sets a flag, however many arrive, and `raise_if_stopped()` raises once the step is complete;
@@ -19,6 +24,7 @@ line and exits non-zero.
 from __future__ import annotations
 
 import json
+import re
 import signal
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -35,6 +41,54 @@ if TYPE_CHECKING:
     from saes.trainer import Trainer
 
 CHECKPOINT = "checkpoint.safetensors"
+_SHARD_FILE = re.compile(r"checkpoint-shard-(\d+)-of-(\d+)\.(safetensors|json)")
+
+
+def checkpoint_file(shard: tuple[int, int] | None = None) -> str:
+    """The checkpoint's file name: `checkpoint.safetensors`, or shard `r` of `N`'s."""
+    return CHECKPOINT if shard is None else f"checkpoint-shard-{shard[0]}-of-{shard[1]}.safetensors"
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The latent-shard checkpoint files (`.safetensors` and `.json`) in `folder`."""
+    return sorted(p for p in folder.glob("checkpoint-shard-*") if _SHARD_FILE.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a training checkpoint, sharded or not."""
+    return (folder / CHECKPOINT).exists() or any(p.suffix == ".safetensors" for p in shard_files(folder))
+
+
+def resumable(folder: Path, shards: int = 1) -> bool:
+    """Whether `folder` holds a checkpoint a run with `shards` latent ranks (1: unsharded) can resume.
+
+    False when it holds none; InterpError when it holds one of another layout or misses shards.
+    """
+    found: dict[int, set[int]] = {}
+    for p in shard_files(folder):
+        m = _SHARD_FILE.fullmatch(p.name)
+        if m.group(3) == "safetensors":
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    plain = (folder / CHECKPOINT).exists()
+    if not plain and not found:
+        return False
+    if shards == 1:
+        if plain:
+            return True
+        n = max(found)
+        raise InterpError(f"the checkpoint in {folder} is sharded over {n} latent ranks: resume with --shard-latents {n} "
+                          f"(under torchrun, on a multiple of {n} ranks)")
+    if shards not in found:
+        if plain:
+            raise InterpError(f"the checkpoint in {folder} is not latent-sharded: resume without --shard-latents")
+        n = max(found)
+        raise InterpError(f"the checkpoint in {folder} is sharded over {n} latent ranks, not {shards}: "
+                          f"resume with --shard-latents {n} (on a multiple of {n} ranks)")
+    missing = sorted(set(range(shards)) - found[shards])
+    if missing:
+        raise InterpError(f"the checkpoint in {folder} lacks shard {missing[0]} of {shards} "
+                          f"({checkpoint_file((missing[0], shards))}): start over with --overwrite")
+    return True
 
 
 class Terminated(InterpError):
@@ -42,7 +96,8 @@ class Terminated(InterpError):
 
 
 def save_checkpoint(trainer: "Trainer", folder: Path) -> None:
-    """Write `trainer`'s full state to `folder/checkpoint.safetensors` (atomically)."""
+    """Write `trainer`'s full state to `folder/checkpoint.safetensors` (atomically); a latent-sharded
+    trainer writes its shard's state to `checkpoint-shard-{r}-of-{N}.safetensors`."""
     tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
     adam_steps = {}
     for name, p in trainer.sae.named_parameters():
@@ -60,17 +115,20 @@ def save_checkpoint(trainer: "Trainer", folder: Path) -> None:
         "history": trainer.history,
         "sae_cfg": trainer.cfg.to_dict(),
         "train_cfg": asdict(trainer.tcfg),
+        "shard": trainer.shard,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors(folder / CHECKPOINT, tensors, metadata={"state": json.dumps(meta)})
-    write_json(folder / "checkpoint.json", {k: meta[k] for k in ("step", "tokens", "scale", "sae_cfg", "train_cfg")})
+    name = checkpoint_file(trainer.shard)
+    write_safetensors(folder / name, tensors, metadata={"state": json.dumps(meta)})
+    write_json(folder / name.replace(".safetensors", ".json"),
+               {k: meta[k] for k in ("step", "tokens", "scale", "shard", "sae_cfg", "train_cfg")})
 
 
 def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
     """Restore into `trainer` everything `save_checkpoint` wrote."""
     from safetensors import safe_open
 
-    path = folder / CHECKPOINT
+    path = folder / checkpoint_file(trainer.shard)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = json.loads(f.metadata()["state"])
@@ -78,6 +136,9 @@ def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
     except Exception as exc:  # safetensors raises its own types for corrupt files
         raise InterpError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete it to start over") from None
     cfg = meta["sae_cfg"]
+    if meta.get("shard") is not None and tuple(meta["shard"]) != tuple(trainer.shard or ()):
+        raise InterpError(f"checkpoint {path} holds shard {meta['shard'][0]} of {meta['shard'][1]}, not this rank's: "
+                          "start over with --overwrite")
     if (cfg["d_in"], cfg["d_sae"], cfg["arch"]) != (trainer.cfg.d_in, trainer.cfg.d_sae, trainer.cfg.arch):
         raise InterpError(
             f"checkpoint {path} is for a different SAE ({cfg['arch']}, d_in={cfg['d_in']}, d_sae={cfg['d_sae']}): "

@@ -164,13 +164,16 @@ def train(
                                              "with accelerate: auto, balanced, ... (one process; the SAE trains on --device)"),
     store_dtype: str = typer.Option("float32", "--store-dtype", help="dtype of a --store harvested here: float32, float16 or "
                                     "bfloat16 (half the disk; the precision loss is measured and printed)"),
+    shard_latents: int = typer.Option(1, "--shard-latents", help="under torchrun: split a topk SAE's latents over this many "
+                                      "ranks (it must divide the number of ranks and the width; the rest is data parallel)"),
 ) -> None:
     """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it on held-out text.
 
     Under `torchrun --nproc-per-node N -m interp sae train ...` the N ranks train one SAE data-parallel
-    (docs/scaling.md): the same SAE as one process, only rank 0 writes.
+    (docs/scaling.md): the same SAE as one process, only rank 0 writes. With `--shard-latents S` each
+    group of S ranks holds one SAE split over its latents (an SAE wider than one device).
     """
-    from saes.distributed import process_group
+    from interp.distributed import process_group
 
     quiet = console.quiet
     try:
@@ -179,7 +182,7 @@ def train(
             evaluate = _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data,
                               text_field, ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps,
                               eval_tokens, seed, rank_device if world.parallel else device, world,
-                              model_dtype=dtype, device_map=device_map, store_dtype=store_dtype)
+                              model_dtype=dtype, device_map=device_map, store_dtype=store_dtype, shard_latents=shard_latents)
         # After the group is gone: rank 0 evaluates, however long that takes, while the others exit.
         if evaluate is not None:
             evaluate()
@@ -189,7 +192,7 @@ def train(
 
 def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data, text_field,
            ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps, eval_tokens, seed, device, world,
-           model_dtype="float32", device_map=None, store_dtype="float32"):
+           model_dtype="float32", device_map=None, store_dtype="float32", shard_latents=1):
     """Train (every rank); return the evaluation to run on rank 0 afterwards, or None."""
     from interp import HookManager, load_model
     from interp.models import resolve_dtype
@@ -198,7 +201,8 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
     from interp.manifest import make_manifest
     from saes.architectures import SAEConfig
     from saes.io import point_width
-    from saes.train import TrainConfig, check_out_dir, train_sae
+    from saes.checkpoint import resumable
+    from saes.train import TrainConfig, check_out_dir, check_shard_latents, train_sae
 
     _positive(tokens, "--tokens")
     _positive(batch_size, "--batch-size")
@@ -207,15 +211,18 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
         raise InterpError(f"--eval-tokens must be 0 or positive, got {eval_tokens}")
     if checkpoint_minutes < 0 or checkpoint_steps < 0:
         raise InterpError("--checkpoint-minutes and --checkpoint-steps must be 0 (off) or positive")
-    if batch_size % world.size:
+    check_shard_latents(shard_latents, world.size, arch, width)
+    data_ranks = world.size // shard_latents
+    if batch_size % data_ranks:
         raise InterpError(f"--batch-size {batch_size} (tokens per step over all ranks) does not split evenly over "
-                          f"{world.size} ranks: choose a multiple of {world.size}")
+                          f"{data_ranks} {'data ' if shard_latents > 1 else ''}ranks: choose a multiple of {data_ranks}")
     # Everything that can be refused is refused before the model loads or anything is written.
-    # A latent-sharded trainer (`saes.sharded`, a --shard-latents flag) would be selected here.
     if device_map is not None and world.parallel:
         raise InterpError("--device-map spreads one model over every GPU, so it runs in one process: start it without torchrun")
     stored_dtype = resolve_dtype(store_dtype)
     check_out_dir(out, resume, overwrite)
+    if resume:
+        resumable(out, shard_latents)  # a checkpoint of another latent sharding is refused here
     if store is not None:
         _check_store_folder(store)
     bridge = load_model(model, device=None if device_map else device, dtype=model_dtype, device_map=device_map)
@@ -250,6 +257,7 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
         manifest=make_manifest(bridge.interp_name, {point: d_in}, data_fp, ctx_len),
         train_contexts=train_contexts,
     )
+    check_shard_latents(shard_latents, world.size, arch, cfg.d_sae)  # the width is known now
     tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device,
                        checkpoint_every=checkpoint_steps, checkpoint_minutes=checkpoint_minutes or None)
     if store is not None:
@@ -269,7 +277,7 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
 
     console.print(f"training a {cfg.arch} SAE with {cfg.d_sae} latents on {point} (d_in {d_in}) for {tokens:,} tokens")
     try:
-        sae = train_sae(source, cfg, tcfg, out, resume=resume, overwrite=overwrite)
+        sae = train_sae(source, cfg, tcfg, out, resume=resume, overwrite=overwrite, shard_latents=shard_latents)
     except KeyboardInterrupt:
         console.print(f"interrupted: a checkpoint is in {out}; run the same command with --resume to continue")
         raise

@@ -26,56 +26,32 @@ the unsharded gradient restricted to the shard. `b_dec` reaches the encoder of e
 
 AuxK (Gao et al.) runs the same local / gather / global scheme over each rank's dead latents.
 
-Data parallelism combines as a 2-D mesh (`make_mesh(dp, tp)`: dims `("data", "latent")`): the
+Data parallelism combines as a 2-D mesh (`saes.sharded_trainer.make_mesh(dp, tp)`: dims `("data", "latent")`): the
 latent group shards as above; the data group sums every gradient weighted by each rank's share
 of the global batch (an all-reduce over `"data"`: the gradient of the global batch's mean loss)
 and ORs the "fired" masks, so the dead-latent counters agree.
 
-All collectives here run on every rank of the group in the same order: call `training_loss`,
-`gather_full`, `dead_latents` and `final_sae` on every rank.
+The trainer (`ShardedTrainer`, `make_mesh`) is in `saes.sharded_trainer`. Collectives go through
+`interp.distributed`, so a lost peer raises its one-line `PeerLost`. They run on every rank of the
+group in the same order: call `forward`, `encode_sparse`, `training_loss` and `gather_full` on every rank.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from interp import distributed
 from interp.errors import InterpError
 from saes.architectures import SAE, SAEConfig, TrainOutput, sae_from_tensors
 from saes.sparse import sparse_decode, topk_encode
-from saes.trainer import TrainConfig, Trainer
 
-__all__ = ["ShardedTopK", "ShardedTrainer", "make_mesh"]
+__all__ = ["ShardedTopK"]
 
 _SHARD_NAMES = ("W_enc", "b_enc", "W_dec")
 _LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
-
-
-def make_mesh(dp: int, tp: int, device_type: str | None = None):
-    """A `(dp, tp)` device mesh with dims `("data", "latent")` over an initialised process group.
-
-    `dp * tp` must equal the world size. `device_type` defaults to "cuda" when available.
-    """
-    from torch.distributed.device_mesh import init_device_mesh
-
-    if not dist.is_initialized():
-        raise InterpError("latent sharding needs torch.distributed: launch with torchrun and call dist.init_process_group first")
-    if dp * tp != dist.get_world_size():
-        raise InterpError(f"a mesh of {dp} data x {tp} latent ranks needs {dp * tp} processes, but {dist.get_world_size()} were launched")
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    return init_device_mesh(device_type, (dp, tp), mesh_dim_names=("data", "latent"))
-
-
-def _world(group) -> int:
-    return dist.get_world_size(group) if dist.is_initialized() else 1
-
-
-def _rank(group) -> int:
-    return dist.get_rank(group) if dist.is_initialized() else 0
 
 
 def _randn_rows(n_rows: int, d: int, start: int, stop: int, chunk: int = 1 << 22) -> Tensor:
@@ -115,10 +91,7 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: Tensor, group) -> Tensor:
-        out = t.clone()
-        if _world(group) > 1:
-            dist.all_reduce(out, group=group)
-        return out
+        return distributed.all_reduce(t.clone(), group=group)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -136,10 +109,7 @@ class _CopyToRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.clone()
-        if _world(ctx.group) > 1:
-            dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return distributed.all_reduce(grad.clone(), group=ctx.group), None
 
 
 class ShardedTopK(nn.Module):
@@ -156,14 +126,15 @@ class ShardedTopK(nn.Module):
         super().__init__()
         if cfg.arch != "topk":
             raise InterpError(f"latent sharding supports topk SAEs, not {cfg.arch!r}; train a topk SAE or drop --shard-latents")
-        world = _world(group)
+        place = distributed.world(group)
+        world = place.size
         if cfg.d_sae % world:
             raise InterpError(
                 f"d_sae={cfg.d_sae} is not divisible by the {world} ranks that shard the latents; "
                 f"choose a width that is a multiple of {world} (e.g. {cfg.d_sae + world - cfg.d_sae % world})"
             )
         self.cfg, self.group = cfg, group
-        self.world, self.rank = world, _rank(group)
+        self.world, self.rank = world, place.rank
         self.m = cfg.d_sae // world
         self.offset = self.rank * self.m
         dtype = cfg.torch_dtype
@@ -217,16 +188,10 @@ class ShardedTopK(nn.Module):
     @torch.no_grad()
     def gather_full(self, dst: int = 0) -> SAE | None:
         """The full `TopKSAE` on latent-group rank `dst` (None on the other ranks); a collective."""
-        global_dst = dist.get_global_rank(self.group, dst) if self.world > 1 and self.group is not None else dst
         tensors = {"b_dec": self.b_dec.detach()}
         for name in _SHARD_NAMES:
-            local = getattr(self, name).detach().contiguous()
-            if self.world == 1:
-                tensors[name] = local
-                continue
-            pieces = [torch.empty_like(local) for _ in range(self.world)] if self.rank == dst else None
-            dist.gather(local, pieces, dst=global_dst, group=self.group)
-            if self.rank == dst:
+            pieces = distributed.gather(getattr(self, name).detach(), dst, self.group)
+            if pieces is not None:
                 tensors[name] = torch.cat(pieces, dim=_LATENT_DIM[name])
         if self.rank != dst:
             return None
@@ -253,14 +218,9 @@ class ShardedTopK(nn.Module):
         values and global indices `(n, k)` (the same on every rank).
         """
         n, K = values.shape
-        if self.world > 1:
-            all_values = [torch.empty_like(values) for _ in range(self.world)]
-            all_idx = [torch.empty_like(global_idx) for _ in range(self.world)]
-            dist.all_gather(all_values, values.detach().contiguous(), group=self.group)
-            dist.all_gather(all_idx, global_idx.contiguous(), group=self.group)
-            cand_values, cand_idx = torch.cat(all_values, 1), torch.cat(all_idx, 1)  # (n, W * K), rank-major
-        else:
-            cand_values, cand_idx = values.detach(), global_idx
+        all_values = distributed.all_gather(values.detach(), self.group)
+        all_idx = distributed.all_gather(global_idx, self.group)
+        cand_values, cand_idx = torch.cat(all_values, 1), torch.cat(all_idx, 1)  # (n, W * K), rank-major
         top_values, pos = torch.topk(cand_values, k, dim=-1, sorted=False)
         mine = torch.div(pos, K, rounding_mode="floor") == self.rank
         slot = torch.where(mine, pos - self.rank * K, torch.full_like(pos, K))  # K: a discard column
@@ -314,10 +274,7 @@ class ShardedTopK(nn.Module):
 
         x, residual `(n, d_in)` (the same on every rank); dead `(m,)` bool, this rank's latents.
         """
-        n_dead = dead.sum().reshape(1)
-        if self.world > 1:
-            dist.all_reduce(n_dead, group=self.group)
-        n_dead = int(n_dead)
+        n_dead = int(distributed.all_reduce(dead.sum().reshape(1), group=self.group))
         if n_dead == 0:
             return None
         k = min(aux_k, n_dead)
@@ -348,151 +305,3 @@ class ShardedTopK(nn.Module):
     def normalize_decoder(self) -> None:
         """Rescale this rank's decoder rows to unit norm (rows are independent)."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-
-class ShardedTrainer(Trainer):
-    """`Trainer` for a latent-sharded TopK SAE, optionally also data-parallel.
-
-    `mesh`: a device mesh with dims `("data", "latent")` (`make_mesh`), or None to shard the
-    latents over the whole default group. `init`: a full SAE to start from (every rank passes the
-    same one); None draws `make_sae`'s weights under `train_cfg.seed`, like `Trainer`.
-
-    The schedule, AuxK size and dead-latent window are `Trainer`'s. `since_fired` is `(m,)`, this
-    rank's latents. Batches are per data rank: a step trains on `dp` batches of `(n, d_in)`, and
-    `tokens` counts all of them. `initialise` must get the same sample on every rank.
-    On CUDA, call `torch.cuda.set_device(local_rank)` first.
-    """
-
-    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig, mesh=None, init: SAE | None = None):
-        # Trainer.__init__ would build the full SAE; this sets the same state for one shard.
-        self.cfg, self.tcfg = sae_cfg, train_cfg
-        self.device = train_cfg.resolved_device()
-        self.latent_group = mesh.get_group("latent") if mesh is not None else None
-        self.data_group = mesh.get_group("data") if mesh is not None else None
-        self.dp = _world(self.data_group) if mesh is not None else 1
-        if init is not None:
-            self.sae = ShardedTopK.from_full(init, self.latent_group)
-        else:
-            self.sae = ShardedTopK.init(sae_cfg, self.latent_group, train_cfg.seed)
-        self.sae.to(self.device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(train_cfg.beta1, train_cfg.beta2))
-        self.since_fired = torch.zeros(self.sae.m, dtype=torch.long, device=self.device)
-        self.scale = 1.0
-        self.step = 0
-        self.tokens = 0
-        self.stats: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-
-    def local_rows(self, batch: Tensor) -> Tensor:
-        """This data rank's contiguous slice of a global batch `(n, d_in)`: `ceil(n / dp)` rows, the
-        last slices fewer (possibly none); every rank of a latent group gets the same slice."""
-        if self.dp == 1:
-            return batch
-        per = -(-batch.shape[0] // self.dp)
-        r = dist.get_rank(self.data_group)
-        return batch[min(batch.shape[0], r * per):min(batch.shape[0], (r + 1) * per)]
-
-    @torch.no_grad()
-    def initialise(self, sample: Tensor) -> None:
-        """`Trainer.initialise` for the shard: input scale, `b_dec`, optional active-subspace init."""
-        sample = self.check(sample).float()
-        if self.tcfg.normalize:
-            self.scale = math.sqrt(self.cfg.d_in) / sample.norm(dim=1).mean().clamp_min(1e-12).item()
-        sample = sample * self.scale
-        mean = sample.mean(0)
-        sae = self.sae
-        if self.tcfg.init_active_subspace:
-            _, s, v = torch.linalg.svd(sample - mean, full_matrices=False)
-            explained = (s.pow(2).cumsum(0) / s.pow(2).sum()).cpu()
-            dims = int((explained < self.tcfg.active_subspace_variance).sum()) + 1
-            with torch.random.fork_rng(devices=[]):  # the global generator seeded alike draws what Trainer's does
-                torch.manual_seed(self.tcfg.seed)
-                coords = _randn_rows(self.cfg.d_sae, dims, sae.offset, sae.offset + sae.m).to(self.device)
-            rows = coords @ v[:dims]
-            sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
-            sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
-
-    @torch.enable_grad()
-    def train_step(self, x: Tensor, batch_rows: int | None = None) -> None:
-        """One Adam step on this data rank's slice `(n, d_in)` of a global batch of raw activations (a collective).
-
-        `batch_rows`: rows of the global batch over the data group (None: `n * dp`, equal slices).
-        Gradients are summed over the data group weighted by each slice's share, so the step is
-        the one `Trainer` takes on the whole global batch.
-        """
-        x = self.check(x) * self.scale
-        n = x.shape[0] * self.dp if batch_rows is None else batch_rows
-        sae = self.sae
-        dead = self.since_fired >= self.dead_after
-        self.opt.zero_grad(set_to_none=True)
-        out = None
-        if x.shape[0]:  # every rank of a latent group holds the same slice, so all take this branch or none
-            out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
-            out.loss.backward()
-        fired = out.fired if out is not None else torch.zeros(sae.m, dtype=torch.bool, device=self.device)
-        with torch.no_grad():
-            if self.dp > 1:
-                share = x.shape[0] / n
-                for p in sae.parameters():
-                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad * share
-                    dist.all_reduce(p.grad, group=self.data_group)
-                fired = fired.to(torch.uint8)
-                dist.all_reduce(fired, op=dist.ReduceOp.MAX, group=self.data_group)
-                fired = fired.bool()
-            g = sae.W_dec.grad
-            if g is not None:
-                rows = sae.W_dec
-                g -= (g * rows).sum(1, keepdim=True) * rows
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.opt.step()
-        sae.normalize_decoder()
-        self.since_fired += n
-        self.since_fired[fired] = 0
-        self.step += 1
-        self.tokens += n
-        if self.step % 10 == 1 or self.step == self.total_steps:
-            # this data rank's batch slice: figures of the global batch would need one more all-reduce
-            mse = out.mse.item() if out is not None else float("nan")
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean().item() if out is not None else float("nan")
-            self.stats = {
-                "mse": mse,
-                "fvu": mse / variance,
-                "l0": out.l0.item() if out is not None else float("nan"),
-                "dead": self._count(dead) / self.cfg.d_sae,
-            }
-            self.history.append({"step": self.step, "tokens": self.tokens, **self.stats})
-
-    def _count(self, mask: Tensor) -> int:
-        """Number of True entries of a per-latent `(m,)` mask over all shards."""
-        total = mask.sum().reshape(1)
-        if self.sae.world > 1:
-            dist.all_reduce(total, group=self.latent_group)
-        return int(total)
-
-    def dead_latents(self) -> dict:
-        """`Trainer.dead_latents` over all shards (a collective)."""
-        window = min(self.dead_after, self.tokens)
-        dead = self.since_fired >= window if window else torch.zeros_like(self.since_fired, dtype=torch.bool)
-        n_dead = self._count(dead)
-        return {"window_tokens": int(window), "n_dead": n_dead, "dead_fraction": n_dead / self.cfg.d_sae}
-
-    def final_sae(self) -> SAE | None:
-        """The trained full SAE (input scale folded in, eval mode) on latent rank 0; None elsewhere."""
-        sae = self.sae.gather_full()
-        if sae is None:
-            return None
-        sae.fold_input_scale(self.scale)
-        return sae.eval()
-
-    def full_since_fired(self) -> Tensor | None:
-        """The `(d_sae,)` counters on latent rank 0 (None elsewhere), e.g. to save with the SAE."""
-        local = self.since_fired.contiguous()
-        if self.sae.world == 1:
-            return local
-        pieces = [torch.empty_like(local) for _ in range(self.sae.world)] if self.sae.rank == 0 else None
-        dst = dist.get_global_rank(self.latent_group, 0) if self.latent_group is not None else 0
-        dist.gather(local, pieces, dst=dst, group=self.latent_group)
-        return torch.cat(pieces) if pieces is not None else None
-

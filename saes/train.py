@@ -38,10 +38,17 @@ Ctrl-C and SIGTERM write a checkpoint and stop: Ctrl-C re-raises KeyboardInterru
 raises `Terminated` (one line). A folder that already holds a run is not trained into again
 unless the call resumes it or asks to overwrite it.
 
-Data parallel (`saes.distributed`, under torchrun): `batch_size` is the global batch; each of the
+Data parallel (`saes.data_parallel`, under torchrun): `batch_size` is the global batch; each of the
 W ranks trains on its slice of every global batch and the run equals one process's run. Only
 rank 0 writes; checkpoints hold global positions, so a run resumes under any W dividing the batch.
 A dead or silent rank raises `PeerLost` (one line) on the others.
+
+Latent-sharded (`shard_latents=N`, TopK only, under torchrun with W a multiple of N): the ranks form
+a `(W / N) x N` mesh (`saes.sharded_trainer`); each latent rank holds `d_sae / N` latents and each
+of the W / N data ranks trains on its slice of the global batch. Data-rank 0 of each latent group
+writes its shard's checkpoint (`checkpoint-shard-{r}-of-{N}.safetensors`), so a run resumes only
+with the same N; at the end the full SAE is gathered and rank 0 saves it as above. Ranks other
+than 0 then return None in place of the SAE.
 """
 
 from __future__ import annotations
@@ -53,12 +60,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from interp import distributed
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.manifest import make_manifest
-from saes import distributed
 from saes.architectures import SAE, SAEConfig
-from saes.checkpoint import CHECKPOINT, StopSignals, Terminated, load_checkpoint, save_checkpoint
+from saes.checkpoint import (CHECKPOINT, StopSignals, Terminated, has_checkpoint, load_checkpoint, resumable, save_checkpoint,
+                             shard_files)
+from saes.data_parallel import broadcast_trainer, local_rows
 from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
 from saes.stream import ActivationSource, cat, chain, open_at, pick, rebatch, rows
 from saes.trainer import TrainConfig, Trainer, default_lr
@@ -77,7 +86,24 @@ def _folder_name(point: str) -> str:
 
 def holds_run(folder: Path) -> bool:
     """Whether `folder` holds a saved SAE or a training checkpoint."""
-    return (folder / CFG_FILENAME).exists() or (folder / CHECKPOINT).exists()
+    return (folder / CFG_FILENAME).exists() or has_checkpoint(folder)
+
+
+def check_shard_latents(n: int, world_size: int, arch: str, d_sae: int | None = None) -> None:
+    """InterpError (one line) when `n` latent ranks cannot shard an `arch` SAE of `d_sae` latents over `world_size` ranks."""
+    if n < 1:
+        raise InterpError(f"--shard-latents must be positive, got {n}")
+    if n == 1:
+        return
+    if arch != "topk":
+        raise InterpError(f"--shard-latents shards topk SAEs only, not --arch {arch}: use --arch topk or drop --shard-latents")
+    if d_sae is not None and d_sae % n:
+        raise InterpError(f"--shard-latents {n} does not divide the SAE's {d_sae} latents: choose a --width that is a "
+                          f"multiple of {n} (e.g. {d_sae + n - d_sae % n})")
+    if world_size % n:
+        were = "was" if world_size == 1 else "were"
+        raise InterpError(f"--shard-latents {n} needs a multiple of {n} ranks, but {world_size} {were} launched: "
+                          f"start it with torchrun --nproc-per-node {n} (or a multiple of {n})")
 
 
 def check_out_dir(folder: Path, resume: bool, overwrite: bool) -> None:
@@ -98,14 +124,17 @@ def train_saes(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    shard_latents: int = 1,
 ) -> dict[str, SAE]:
     """Train one SAE per hook point from a single pass over a multi-point stream.
 
     `source` yields `dict[point, Tensor (batch, d)]` (e.g. `harvest(model, points, ...)`);
     `sae_cfgs` maps each point to its SAE config. Each SAE is saved to `out_dir/<point>`
     (SAELens layout) with its checkpoints beside it. Returns the trained SAEs by point.
+    `shard_latents`: latent ranks per SAE under torchrun (see the module docstring).
     """
-    return _train(source, dict(sae_cfgs), train_cfg, Path(out_dir), resume, overwrite, progress, multi=True)
+    return _train(source, dict(sae_cfgs), train_cfg, Path(out_dir), resume, overwrite, progress, multi=True,
+                  shard_latents=shard_latents)
 
 
 def train_sae(
@@ -116,6 +145,7 @@ def train_sae(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    shard_latents: int = 1,
 ) -> SAE:
     """Train one SAE on a stream of `Tensor (batch, d_in)` batches; save it to `out_dir`.
 
@@ -123,9 +153,11 @@ def train_sae(
     starting the stream at the tokens already consumed. A folder that holds a run is refused
     unless `resume` or `overwrite` (which deletes the old run's files first). Returns the trained
     SAE (input scale folded in). Raises InterpError for a non-positive token budget, an empty
-    stream, or a batch whose width is not `d_in`.
+    stream, or a batch whose width is not `d_in`. `shard_latents=N` splits a TopK SAE's latents over N
+    ranks under torchrun (see the module docstring; ranks other than 0 then return None).
     """
-    return _train(source, {None: sae_cfg}, train_cfg, Path(out_dir), resume, overwrite, progress, multi=False)[None]
+    return _train(source, {None: sae_cfg}, train_cfg, Path(out_dir), resume, overwrite, progress, multi=False,
+                  shard_latents=shard_latents)[None]
 
 
 def _with_manifest(cfg: SAEConfig) -> SAEConfig:
@@ -136,39 +168,59 @@ def _with_manifest(cfg: SAEConfig) -> SAEConfig:
     return replace(cfg, manifest=make_manifest(cfg.model_name or None, widths))
 
 
-def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool, multi: bool) -> dict:
+def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool, multi: bool,
+           shard_latents: int = 1) -> dict:
     if tcfg.n_tokens < 1:
         raise InterpError(f"n_tokens={tcfg.n_tokens}: train on at least one token (e.g. n_tokens=10_000_000)")
     if tcfg.batch_size < 1:
         raise InterpError(f"batch_size={tcfg.batch_size} must be at least 1")
     w = distributed.world()
-    if tcfg.batch_size % w.size:
-        raise InterpError(f"batch_size={tcfg.batch_size} (the global batch) does not split evenly over {w.size} ranks: "
-                          f"choose a multiple of {w.size}, or another number of ranks")
+    for c in cfgs.values():
+        check_shard_latents(shard_latents, w.size, c.arch, c.d_sae)
+    dp = w.size // shard_latents  # data ranks
+    if tcfg.batch_size % dp:
+        raise InterpError(f"batch_size={tcfg.batch_size} (the global batch) does not split evenly over {dp} data ranks: "
+                          f"choose a multiple of {dp}, or another number of ranks")
     folders = {p: out_dir / _folder_name(p) if multi else out_dir for p in cfgs}
     for folder in folders.values():
         check_out_dir(folder, resume, overwrite)
-    # One trainer per point; a latent-sharded trainer (`saes.sharded`) would be chosen here.
-    trainers = {p: Trainer(_with_manifest(c), tcfg) for p, c in cfgs.items()}
+    if shard_latents > 1:
+        from saes.sharded_trainer import ShardedTrainer, make_mesh
+
+        mesh = make_mesh(dp, shard_latents, tcfg.resolved_device().type)
+        trainers = {p: ShardedTrainer(_with_manifest(c), tcfg, mesh) for p, c in cfgs.items()}
+        ranks = f"on a multiple of {shard_latents} ranks with --shard-latents {shard_latents}"
+    else:
+        trainers = {p: Trainer(_with_manifest(c), tcfg) for p, c in cfgs.items()}
+        ranks = "with any number of ranks"
     try:
-        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w)
+        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w, shard_latents)
     except distributed.PeerLost as exc:
-        raise distributed.PeerLost(f"{exc}; resume from the last checkpoint in {out_dir} (--resume), with any number of ranks") from None
+        raise distributed.PeerLost(f"{exc}; resume from the last checkpoint in {out_dir} (--resume), {ranks}") from None
 
 
 def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
-         progress: bool, w: distributed.World) -> dict:
-    resumed = distributed.share(resume and all((folders[p] / CHECKPOINT).exists() for p in trainers), w)
+         progress: bool, w: distributed.World, shards: int) -> dict:
+    sharded = shards > 1
+    lead = next(iter(trainers.values()))
+    # Who writes checkpoints: rank 0, or under latent sharding data-rank 0 of every latent group.
+    writer = lead.data_rank == 0 if sharded else w.is_main
+    found = distributed.on_main(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w)
+    resumed = distributed.share(found, w)
     if resumed:
         def load() -> None:
             for p, t in trainers.items():
                 load_checkpoint(t, folders[p])
-            if len({t.tokens for t in trainers.values()}) != 1:
-                raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
 
-        distributed.on_main(load, w)
-        for t in trainers.values():
-            distributed.broadcast_trainer(t, w)
+        if sharded:  # every rank reads its own shard (--out must be visible to all ranks)
+            distributed.on_some(load, w, True)
+        else:
+            distributed.on_main(load, w)
+            for t in trainers.values():
+                broadcast_trainer(t, w)
+        counts = {n for per_rank in distributed.all_gather_object([t.tokens for t in trainers.values()]) for n in per_rank}
+        if len(counts) != 1:
+            raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
     start = next(iter(trainers.values())).tokens
     stream = rebatch(open_at(source, start), tcfg.batch_size, tcfg.n_tokens - start)
 
@@ -184,23 +236,25 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         sample = cat(head)  # the global sample: every rank reads the whole stream
         for p, t in trainers.items():
             t.initialise(pick(sample, p))
-            distributed.broadcast_trainer(t, w)
+            if not sharded:  # a sharded trainer's initialisation is deterministic, and its shards differ by rank
+                broadcast_trainer(t, w)
         if overwrite:
             def clear() -> None:
                 for folder in folders.values():
                     for name in RUN_FILES:
                         (folder / name).unlink(missing_ok=True)
+                    for path in shard_files(folder):
+                        path.unlink()
 
             distributed.on_main(clear, w)
         stream = chain(head, stream)
 
-    lead = next(iter(trainers.values()))
     bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not (progress and w.is_main),
                desc="SAE training")
     saved_step, saved_at = lead.step, time.monotonic()
 
     def save_all(together: bool = True) -> None:
-        """Rank 0 writes; `together`: every rank waits for it (else rank 0 alone, e.g. on a signal)."""
+        """The writers write; `together`: every rank waits for them (else each writer alone, e.g. on a signal)."""
         nonlocal saved_step, saved_at
 
         def save() -> None:
@@ -208,19 +262,22 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
                 save_checkpoint(t, folders[p])
 
         if together:
-            distributed.on_main(save, w)
-        elif w.is_main:
+            distributed.on_some(save, w, writer)
+        elif writer:
             save()
         saved_step, saved_at = lead.step, time.monotonic()
 
+    agreed = False
     with StopSignals() as stop, bar:
         try:
             for batch in stream:
                 distributed.fault_hook(lead.step, w)
                 with stop.busy():
-                    local = distributed.local_rows(batch, w)
+                    local = batch if sharded else local_rows(batch, w)
                     for p, t in trainers.items():
-                        if w.parallel:
+                        if sharded:
+                            t.train_step(t.local_rows(pick(batch, p)), rows(batch))
+                        elif w.parallel:
                             t.train_step(pick(local, p), rows(batch))
                         else:
                             t.train_step(pick(batch, p))
@@ -234,11 +291,16 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
                         save_all()
                     if signum and stop.received is None:  # another rank was signalled: stop at the same step
                         stop.received = signum
+                    agreed = bool(signum)  # every rank stops after this step
                 stop.raise_if_stopped()
         except (KeyboardInterrupt, Terminated) as exc:
             with stop.busy():
-                if lead.step > saved_step:
+                if lead.step > saved_step and not sharded:
                     save_all(together=False)
+                elif lead.step > saved_step and agreed:
+                    # Shards must be saved at one step: only when every rank stops at this one. A rank
+                    # stopped alone keeps the last checkpoint, whose shards all hold the same step.
+                    save_all()
             if isinstance(exc, Terminated):
                 raise Terminated(
                     f"stopped by SIGTERM after step {lead.step} ({lead.tokens:,} tokens): a checkpoint is in {out_dir}; "
@@ -248,8 +310,11 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         if lead.step == 0:
             raise InterpError("the activation source yielded no activations: check the data source and token budget")
         with stop.busy():
-            saved = distributed.on_main(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w)
-            saes = saved if saved is not None else {p: t.final_sae() for p, t in trainers.items()}
+            if sharded:
+                saes = {p: _save_sharded_run(t, folders[p], w) for p, t in trainers.items()}
+            else:
+                saved = distributed.on_main(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w)
+                saes = saved if saved is not None else {p: t.final_sae() for p, t in trainers.items()}
     return saes
 
 
@@ -265,9 +330,28 @@ def save_run(trainer: Trainer, folder: Path) -> SAE:
     """Save the final checkpoint, the SAE, its latent counters and `training.json`."""
     save_checkpoint(trainer, folder)
     sae = trainer.final_sae()
+    _write_run(trainer, folder, sae, trainer.since_fired, trainer.dead_latents())
+    return sae
+
+
+def _save_sharded_run(trainer, folder: Path, w: distributed.World) -> SAE | None:
+    """A latent-sharded run's end (every rank): shard checkpoints, then the full SAE gathered and saved by rank 0."""
+    distributed.on_some(lambda: save_checkpoint(trainer, folder), w, trainer.data_rank == 0)
+    if trainer.data_rank != 0:  # the other data ranks hold copies of the same shards
+        return distributed.on_main(lambda: None, w)
+    sae, counters, dead = trainer.final_sae(), trainer.full_since_fired(), trainer.dead_latents()
+
+    def write() -> SAE:
+        _write_run(trainer, folder, sae, counters, dead)
+        return sae
+
+    return distributed.on_main(write, w)
+
+
+def _write_run(trainer: Trainer, folder: Path, sae: SAE, counters, dead: dict) -> None:
+    """The SAE, its `(d_sae,)` latent counters and `training.json`."""
     save_sae(sae, folder)
-    write_safetensors(folder / COUNTERS_FILENAME, {"tokens_since_fired": trainer.since_fired})
-    dead = trainer.dead_latents()
+    write_safetensors(folder / COUNTERS_FILENAME, {"tokens_since_fired": counters})
     write_json(folder / TRAINING_FILENAME, {
         "tokens": trainer.tokens,
         "steps": trainer.step,
@@ -279,4 +363,3 @@ def save_run(trainer: Trainer, folder: Path) -> SAE:
         "history": trainer.history,
         "train_cfg": asdict(trainer.tcfg),
     })
-    return sae

@@ -13,7 +13,7 @@ Dead latents: `since_fired (d_sae,)` counts the training tokens since each laten
 A latent is dead when it has not fired in the last `dead_after` tokens (all tokens so far, when
 fewer); `dead_latents()` reports that figure with the window it covers.
 
-Data parallel (`saes.distributed`): under torchrun each rank steps on its slice of the global
+Data parallel (`saes.data_parallel`): under torchrun each rank steps on its slice of the global
 batch; `train_step` all-reduces gradients, the fired mask and the logged figures before changing
 any state, so every rank applies the same update and counts the same global tokens.
 """
@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
-from saes import distributed
+from interp import distributed
 from saes.architectures import SAE, SAEConfig, make_sae
+from saes.data_parallel import reduce_step
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Trainer:
     `initialise(sample)` once, then `train_step(batch)` per batch of raw activations `(n, d_in)`;
     `final_sae()` gives the SAE for raw activations. `step` and `tokens` count what was trained.
     """
+
+    shard: tuple[int, int] | None = None  # (latent rank, latent ranks) of a latent-sharded trainer
 
     def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig):
         self.cfg, self.tcfg = sae_cfg, train_cfg
@@ -221,7 +224,7 @@ class Trainer:
             xf = x.float()
             mse, l0 = (out.mse.float(), out.l0.float()) if out is not None else (xf.new_zeros(()), xf.new_zeros(()))
             sums = torch.cat([torch.stack([mse, l0]) * share, xf.sum(0) / n, xf.pow(2).sum().reshape(1) / n])
-        fired, sums = distributed.reduce_step(self.sae, fired, x.shape[0], n, sums)
+        fired, sums = reduce_step(self.sae, fired, x.shape[0], n, sums)
         if sums is None:
             return fired, None
         mse, l0, mean, square = sums[0], sums[1], sums[2:-1], sums[-1]

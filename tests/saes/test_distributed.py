@@ -74,7 +74,7 @@ def _worker(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=30)
     args = ap.parse_args(argv)
     from interp.errors import InterpError
-    from saes.distributed import process_group
+    from interp.distributed import process_group
     from saes.train import train_sae
 
     rank = os.environ.get("RANK", "0")
@@ -286,4 +286,8 @@ def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_p
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))
+    status = _worker(sys.argv[1:])
+    # As `interp.cli.run` does for ranks: skip interpreter teardown, where gloo's threads can abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)

@@ -1,4 +1,4 @@
-"""Latent-sharded TopK SAEs (`saes.sharded`) against the unsharded SAE, on 2 gloo processes.
+"""Latent-sharded TopK SAEs (`saes.sharded`, `saes.sharded_trainer`) against the unsharded SAE, on 2 gloo processes.
 
 Each test launches this file under `torchrun --standalone --nproc-per-node N <file> <scenario>`;
 every rank builds the unsharded reference itself (same seed), compares its shard with the
@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from interp.errors import InterpError
 from saes.architectures import SAEConfig, make_sae
-from saes.sharded import ShardedTopK, ShardedTrainer, _randn_rows, make_mesh
+from saes.sharded import ShardedTopK, _randn_rows
+from saes.sharded_trainer import ShardedTrainer, make_mesh
 from saes.sparse import topk_encode
 from saes.trainer import TrainConfig, Trainer
 
@@ -295,3 +296,7 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+    # As `interp.cli.run` does for ranks: skip interpreter teardown, where gloo's threads can abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
