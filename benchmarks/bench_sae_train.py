@@ -42,19 +42,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 SPARSIFY_PYTHON = ROOT / ".venv-sparsify" / "bin" / "python"
 
-SAELENS_SCRIPT = r"""
+# What both scripts share: their arguments and the timing of `step` (run as `python -c SCRIPT ...`).
+HEADER = """path, steps, k, device, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+torch.set_num_threads(threads)
+batches = [b.to(device) for b in load_file(path).values()]
+d_in = batches[0].shape[1]
+d_sae = int(sys.argv[6])
+"""
+TIMING = """def sync():
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+step(batches[0]); sync()
+start = time.perf_counter()
+for i in range(steps):
+    step(batches[i % len(batches)])
+sync()
+elapsed = time.perf_counter() - start
+print(json.dumps({"tokens_per_s": steps * batches[0].shape[0] / elapsed}))
+"""
+
+SAELENS_SCRIPT = (r"""
 import json, sys, time
 import torch
 from safetensors.torch import load_file
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-path, steps, k, device, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-torch.set_num_threads(threads)
-batches = [b.to(device) for b in load_file(path).values()]
-d_in = batches[0].shape[1]
-d_sae = int(sys.argv[6])
-sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device=device))
+{header}sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device=device))
 opt = torch.optim.Adam(sae.parameters(), lr=2e-4, betas=(0.9, 0.999))
 since_fired = torch.zeros(d_sae, device=device)
 
@@ -69,33 +84,17 @@ def step(x):
     opt.step()
     opt.zero_grad()
 
-def sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-step(batches[0]); sync()
-start = time.perf_counter()
-for i in range(steps):
-    step(batches[i % len(batches)])
-sync()
-elapsed = time.perf_counter() - start
-print(json.dumps({"tokens_per_s": steps * batches[0].shape[0] / elapsed}))
-"""
+""").replace("{header}", HEADER) + TIMING
 
 
-SPARSIFY_SCRIPT = r"""
+SPARSIFY_SCRIPT = (r"""
 import json, sys, time
 import torch
 from safetensors.torch import load_file
 from sparsify.config import SparseCoderConfig
 from sparsify.sparse_coder import SparseCoder
 
-path, steps, k, device, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-torch.set_num_threads(threads)
-batches = [b.to(device) for b in load_file(path).values()]
-d_in = batches[0].shape[1]
-d_sae = int(sys.argv[6])
-torch.manual_seed(0)
+{header}torch.manual_seed(0)
 sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
 sae.b_dec.data = batches[0].mean(0)
 opt = torch.optim.Adam(sae.parameters(), lr=2e-4, betas=(0.9, 0.999))
@@ -113,18 +112,7 @@ def step(x):
     opt.zero_grad()
     sae.set_decoder_norm_to_unit_norm()
 
-def sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-step(batches[0]); sync()
-start = time.perf_counter()
-for i in range(steps):
-    step(batches[i % len(batches)])
-sync()
-elapsed = time.perf_counter() - start
-print(json.dumps({"tokens_per_s": steps * batches[0].shape[0] / elapsed}))
-"""
+""").replace("{header}", HEADER) + TIMING
 
 
 def _sync(device: torch.device) -> None:
