@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp import distributed
 from interp.data import bos_id, token_batches
+from interp.distributed import World
 from interp.errors import InterpError
 from interp.hooks import HookManager
 from interp.models import model_device, resolve_device
@@ -74,9 +76,38 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def _item_rows(hm: HookManager, item: torch.Tensor, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
+               batch_size: int, ranks: World, group: Any) -> dict[str, torch.Tensor]:
+    """Rows of the contexts `item (n, ctx)` in order: `{point: (n*(ctx-1), width)}`.
+
+    Over several ranks, rank r runs the model on contexts r, r+W, ... only, and the ranks exchange
+    their rows (an all-gather), so every rank ends with all of them for 1/W of the model's work.
+    """
+    mine = item[ranks.rank :: ranks.size]
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for start in range(0, mine.shape[0], batch_size):
+        acts = token_rows(hm, mine[start : start + batch_size], names, widths, dtype)
+        for n in names:
+            parts[n].append(acts[n])
+    per_context = item.shape[1] - 1
+    local = {n: torch.cat(parts[n]) if parts[n] else torch.empty((0, widths[n]), dtype=dtype) for n in names}
+    if ranks.size == 1:
+        return local
+    most = -(-item.shape[0] // ranks.size)  # contexts of rank 0, the most any rank holds
+    out = {}
+    for n in names:
+        padded = torch.zeros((most * per_context, widths[n]), dtype=dtype)
+        padded[: len(local[n])] = local[n]
+        gathered = distributed.all_gather(padded.to(distributed.comm_device(group)), group=group)
+        # (rank, context of rank, ...) -> context r + W * i is rank r's i-th: interleave, drop padding
+        stacked = torch.stack([g.cpu().view(most, per_context, widths[n]) for g in gathered], dim=1)
+        out[n] = stacked.reshape(-1, widths[n])[: item.shape[0] * per_context]
+    return out
+
+
 def _blocks(
     hm: HookManager, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
-    contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int,
+    contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int, ranks: World, group: Any,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Rows of each block of contexts in data order: `{point: (block rows, width)}`.
 
@@ -87,10 +118,9 @@ def _blocks(
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     held = 0
     for block in contexts:
-        for start in range(0, block.shape[0], batch_size):
-            acts = token_rows(hm, block[start : start + batch_size], names, widths, dtype)
-            for n in names:
-                parts[n].append(acts[n])
+        acts = _item_rows(hm, block, names, widths, dtype, batch_size, ranks, group)
+        for n in names:
+            parts[n].append(acts[n])
         held += block.shape[0]
         if held >= block_contexts:
             yield {n: torch.cat(parts[n]) for n in names}
@@ -114,6 +144,7 @@ def harvest(
     text_field: str = "text",
     progress: bool = False,
     skip_tokens: int = 0,
+    split_over: Any = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield `{point: (out_batch_size, width)}` batches of shuffled token activations, `n_tokens` rows in all.
 
@@ -128,6 +159,12 @@ def harvest(
     running the model; the block holding it is harvested and its rows before it dropped.
     `width` is `point_shapes(model, point)` flattened; `device` is where the batches are put
     (default: the model's).
+
+    `split_over`: a process group (`interp.distributed.new_group()`, or the default group) whose W
+    ranks all call `harvest` with the same arguments: each rank runs the model on 1/W of every
+    block's contexts and the ranks all-gather the rows, so every rank yields the stream one process
+    yields, for 1/W of the model's work (data-parallel SAE training then takes each rank's slice of
+    every batch). None (or a group of one): every forward runs here.
     """
     if n_tokens <= 0:
         raise InterpError(f"token count must be positive, got {n_tokens}")
@@ -148,7 +185,9 @@ def harvest(
     contexts = token_batches(model, source, ctx_len, block_contexts, n_tokens, text_field, skip_contexts=first * block_contexts)
     carry = {n: torch.empty((0, widths[n]), dtype=dtype) for n in names}
     with tqdm(total=n_tokens, initial=skip_tokens, unit="tok", desc="harvest", disable=not progress) as bar:
-        for index, rows in enumerate(_blocks(hm, names, widths, dtype, contexts, block_contexts, batch_size), start=first):
+        ranks = distributed.world(split_over) if split_over is not None else World()
+        for index, rows in enumerate(_blocks(hm, names, widths, dtype, contexts, block_contexts, batch_size, ranks, split_over),
+                                     start=first):
             perm = torch.randperm(rows[names[0]].shape[0], generator=_block_generator(seed, index))
             if index == first:
                 perm = perm[drop:]

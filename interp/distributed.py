@@ -197,6 +197,27 @@ def broadcast(t: torch.Tensor, src: int = 0, group: Any = None) -> torch.Tensor:
     return t
 
 
+def comm_device(group: Any = None) -> torch.device:
+    """Where `group`'s collectives take their tensors: this rank's GPU (`LOCAL_RANK`, whatever the
+    calling thread's current device) under NCCL, else the CPU."""
+    if initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def new_group() -> Any:
+    """A second group over every rank of the default one, or None without torch.distributed.
+
+    Collectives issued from another thread (e.g. a harvest prefetched in the background while the
+    main thread all-reduces gradients) need a group of their own: two threads' collectives on one
+    group could be matched in different orders on different ranks. Every rank must call this, in
+    the same order, from the main thread.
+    """
+    if not initialized() or world().size == 1:
+        return None
+    return collective(lambda: dist.new_group(backend=dist.get_backend()))
+
+
 def all_gather(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
     """Every rank's `t` (same shape and dtype on all ranks), in group rank order."""
     size = world(group).size

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from interp.errors import InterpError
+from saes.sources import check_store_folder, stream_source, training_span
 
 app = typer.Typer(
     help="Train sparse autoencoders on a hook point, evaluate them (reconstruction, sparsity, "
@@ -28,7 +29,6 @@ console = Console()
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
 DATA_HELP = "builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"
 DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
-SHUFFLE_TOKENS = 2**17  # a streamed harvest shuffles rows within blocks of about this many tokens
 
 
 def parse_latents(text: str, d_sae: int) -> list[int]:
@@ -97,43 +97,13 @@ def _eval_and_report(sae, bridge, data: str, tokens: int, out: Path, ctx_len: in
     return results
 
 
-def _check_store_folder(store: Path) -> None:
-    """One-line refusal of a --store that is a file, or a non-empty folder that is not an activation store."""
-    if store.exists() and not store.is_dir():
-        raise InterpError(f"--store {store} is a file, not a folder: choose a new or empty folder for the activation store")
-    if store.is_dir() and not (store / "manifest.json").exists() and any(store.iterdir()):
-        raise InterpError(f"--store {store} holds other files and no activation store (no manifest.json): choose a new or empty folder")
-
-
-def _training_span(cfg) -> int | None:
-    """Stream tokens from the start of the training text that training may have read (None: unknown)."""
-    if cfg.train_contexts is None:
-        return None
-    return cfg.train_contexts * (cfg.context_size - 1)
-
-
-def _stream_source(bridge, point: str, data: str, tokens: int, ctx_len: int, batch_size: int, seed: int, device,
-                   text_field: str, progress: bool = True):
-    """A callable source for `train_sae`: `source(start)` streams the point's activations from
-    token `start` on, without running the model over the text before the shuffle block holding it.
-    The harvest runs in a background thread (`interp.prefetch`), overlapped with training."""
-    from interp.activations import harvest
-    from interp.prefetch import prefetch
-
-    def source(start: int):
-        stream = harvest(bridge, point, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed, device=device,
-                         text_field=text_field, progress=progress, shuffle_buffer_tokens=SHUFFLE_TOKENS, skip_tokens=start)
-        # The model runs in a background thread, a batch or two ahead of the SAE steps.
-        return (batch[point] for batch in prefetch(stream, depth=2))
-
-    return source
-
-
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the SAE (cfg.json + sae_weights.safetensors), checkpoints and report"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
-    hook: Optional[str] = typer.Option(None, "--hook", help="hook point name, e.g. blocks.15.hook_resid_post (overrides --layer/--site)"),
+    hook: Optional[str] = typer.Option(None, "--hook", help="hook point name, e.g. blocks.15.hook_resid_post (overrides "
+                                       "--layer/--site); several points (resid_post:4-7, or names joined by ';') train one "
+                                       "SAE each from one harvest, in --out/<point>"),
     layer: Optional[int] = typer.Option(None, "--layer", help="block index (default: the middle layer, 15 on SmolLM2)"),
     site: str = typer.Option("resid_post", "--site", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out"),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk, jumprelu or topafa"),
@@ -166,12 +136,19 @@ def train(
                                     "bfloat16 (half the disk; the precision loss is measured and printed)"),
     shard_latents: int = typer.Option(1, "--shard-latents", help="under torchrun: split a topk SAE's latents over this many "
                                       "ranks (it must divide the number of ranks and the width; the rest is data parallel)"),
+    distribute_points: bool = typer.Option(False, "--distribute-points", help="under torchrun: give each rank its own share "
+                                           "of the --hook points; it harvests and trains only those SAEs, with no gradient "
+                                           "communication (at least as many points as ranks)"),
+    autocast: Optional[str] = typer.Option(None, "--autocast", help="run the SAE's forward and loss under torch.autocast in "
+                                           "bfloat16 or float16, with float32 master weights (GPUs with bf16 tensor cores; "
+                                           "slower on most CPUs)"),
 ) -> None:
     """Train an SAE on one hook point, save it in SAELens's layout, then evaluate it on held-out text.
 
     Under `torchrun --nproc-per-node N -m interp sae train ...` the N ranks train one SAE data-parallel
     (docs/scaling.md): the same SAE as one process, only rank 0 writes. With `--shard-latents S` each
-    group of S ranks holds one SAE split over its latents (an SAE wider than one device).
+    group of S ranks holds one SAE split over its latents (an SAE wider than one device). With several
+    --hook points and `--distribute-points` each rank trains the SAEs of its own points.
     """
     from interp.distributed import process_group
 
@@ -182,8 +159,10 @@ def train(
             evaluate = _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data,
                               text_field, ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps,
                               eval_tokens, seed, rank_device if world.parallel else device, world,
-                              model_dtype=dtype, device_map=device_map, store_dtype=store_dtype, shard_latents=shard_latents)
-        # After the group is gone: rank 0 evaluates, however long that takes, while the others exit.
+                              model_dtype=dtype, device_map=device_map, store_dtype=store_dtype, shard_latents=shard_latents,
+                              distribute_points=distribute_points, autocast=autocast)
+        # After the group is gone: rank 0 evaluates (each rank its own points' SAEs under --distribute-points),
+        # however long that takes, while the others exit.
         if evaluate is not None:
             evaluate()
     finally:
@@ -192,7 +171,7 @@ def train(
 
 def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tokens, batch_size, lr, data, text_field,
            ctx_len, store, resume, overwrite, checkpoint_minutes, checkpoint_steps, eval_tokens, seed, device, world,
-           model_dtype="float32", device_map=None, store_dtype="float32", shard_latents=1):
+           model_dtype="float32", device_map=None, store_dtype="float32", shard_latents=1, distribute_points=False, autocast=None):
     """Train (every rank); return the evaluation to run on rank 0 afterwards, or None."""
     from interp import HookManager, load_model
     from interp.models import resolve_dtype
@@ -202,7 +181,9 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
     from saes.architectures import SAEConfig
     from saes.io import point_width
     from saes.checkpoint import resumable
-    from saes.train import TrainConfig, check_out_dir, check_shard_latents, train_sae
+    from saes.train import (TrainConfig, check_out_dir, check_shard_latents, point_folder, split_points, train_sae,
+                            train_saes)
+    from saes.trainer import autocast_dtype
 
     _positive(tokens, "--tokens")
     _positive(batch_size, "--batch-size")
@@ -211,8 +192,13 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
         raise InterpError(f"--eval-tokens must be 0 or positive, got {eval_tokens}")
     if checkpoint_minutes < 0 or checkpoint_steps < 0:
         raise InterpError("--checkpoint-minutes and --checkpoint-steps must be 0 (off) or positive")
+    if distribute_points and shard_latents > 1:
+        raise InterpError("--distribute-points and --shard-latents cannot be combined (not supported): drop one of them")
+    autocast_dtype(autocast)  # an unknown name is refused here
+    if autocast is not None and shard_latents > 1:
+        raise InterpError("--autocast is not supported with --shard-latents: drop one of them")
     check_shard_latents(shard_latents, world.size, arch, width)
-    data_ranks = world.size // shard_latents
+    data_ranks = 1 if distribute_points else world.size // shard_latents
     if batch_size % data_ranks:
         raise InterpError(f"--batch-size {batch_size} (tokens per step over all ranks) does not split evenly over "
                           f"{data_ranks} {'data ' if shard_latents > 1 else ''}ranks: choose a multiple of {data_ranks}")
@@ -221,69 +207,92 @@ def _train(out, model, hook, layer, site, arch, k, l1, l0, width, expansion, tok
         raise InterpError("--device-map spreads one model over every GPU, so it runs in one process: start it without torchrun")
     stored_dtype = resolve_dtype(store_dtype)
     check_out_dir(out, resume, overwrite)
-    if resume:
+    if resume and not distribute_points:
         resumable(out, shard_latents)  # a checkpoint of another latent sharding is refused here
     if store is not None:
-        _check_store_folder(store)
+        check_store_folder(store)
     bridge = load_model(model, device=None if device_map else device, dtype=model_dtype, device_map=device_map)
     hm = HookManager(bridge)
     if hook is None:
         hook = f"{site}:{hm.n_layers // 2 if layer is None else layer}"
     names = hm.resolve(hook)
-    if len(names) != 1:
-        raise InterpError(f"--hook {hook!r} names {len(names)} points: an SAE is trained on one hook point")
+    multi = len(names) > 1 or distribute_points  # one SAE per point, each in --out/<point>
+    mine = split_points(names, world) if distribute_points else names  # the points this rank trains
     point = names[0]
-    d_in = point_width(hm, point)
     data_fp = fingerprint(data, text_field)
     have = None
     if store is not None and (store / "manifest.json").exists():
-        check_store(store, bridge.interp_name, [point], data_fp, ctx_len, text_field)
+        check_store(store, bridge.interp_name, mine, data_fp, ctx_len, text_field)
         have = ActivationStore(store)
     body = ctx_len - 1
     # Contexts from the start of the text that training may read: evaluation starts after them.
     train_contexts = math.ceil(max(tokens, have.n_tokens if have is not None else 0) / body) if store else math.ceil(tokens / body)
-    cfg = SAEConfig(
-        d_in=d_in,
-        d_sae=width if width is not None else expansion * d_in,
-        arch=arch,
-        k=k if arch in ("topk", "batchtopk") else None,
-        l1_coefficient=l1,
-        l0_coefficient=l0,
-        model_name=bridge.interp_name,
-        hook_name=point,
-        hook_layer=hm.layer_of(point) if hm.layer_of(point) is not None else -1,
-        context_size=ctx_len,
-        dataset=data,
-        manifest=make_manifest(bridge.interp_name, {point: d_in}, data_fp, ctx_len),
-        train_contexts=train_contexts,
-    )
-    check_shard_latents(shard_latents, world.size, arch, cfg.d_sae)  # the width is known now
+
+    def sae_config(p: str) -> SAEConfig:
+        d_in = point_width(hm, p)
+        return SAEConfig(
+            d_in=d_in,
+            d_sae=width if width is not None else expansion * d_in,
+            arch=arch,
+            k=k if arch in ("topk", "batchtopk") else None,
+            l1_coefficient=l1,
+            l0_coefficient=l0,
+            model_name=bridge.interp_name,
+            hook_name=p,
+            hook_layer=hm.layer_of(p) if hm.layer_of(p) is not None else -1,
+            context_size=ctx_len,
+            dataset=data,
+            manifest=make_manifest(bridge.interp_name, {p: d_in}, data_fp, ctx_len),
+            train_contexts=train_contexts,
+        )
+
+    cfgs = {p: sae_config(p) for p in mine}
+    for c in cfgs.values():
+        check_shard_latents(shard_latents, world.size, arch, c.d_sae)  # the width is known now
     tcfg = TrainConfig(n_tokens=tokens, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                       checkpoint_every=checkpoint_steps, checkpoint_minutes=checkpoint_minutes or None)
+                       checkpoint_every=checkpoint_steps, checkpoint_minutes=checkpoint_minutes or None, autocast=autocast)
     if store is not None:
         if (have is None or have.n_tokens < tokens) and world.parallel:
-            raise InterpError(f"--store {store} holds fewer than {tokens:,} tokens of {point}: build it in one process first "
-                              f"(interp cache, or this command without torchrun), then start the {world.size} ranks")
+            raise InterpError(f"--store {store} holds fewer than {tokens:,} tokens of {', '.join(mine)}: build it in one process "
+                              f"first (interp cache, or this command without torchrun), then start the {world.size} ranks")
         if have is None or have.n_tokens < tokens:
-            have = build_store(bridge, point, data, tokens, store, ctx_len=ctx_len, text_field=text_field, dtype=stored_dtype)
+            have = build_store(bridge, names if multi else point, data, tokens, store, ctx_len=ctx_len, text_field=text_field,
+                               dtype=stored_dtype)
             console.print(f"activations stored in {store}")
             for loss in (have.precision_loss or {}).values():
                 console.print(f"{store_dtype} store: relative RMS error {loss['relative_rms_error']:.2e} against float32, "
                               f"largest absolute error {loss['max_abs_error']:.3g}")
-        source: Any = have.batches(point, batch_size=batch_size, shuffle=True, seed=seed)
+        source: Any = have.batches(mine if multi else point, batch_size=batch_size, shuffle=True, seed=seed)
     else:
-        source = _stream_source(bridge, point, data, tokens, ctx_len, batch_size, seed, tcfg.resolved_device(), text_field,
-                                progress=world.is_main)
+        # With --distribute-points every rank harvests its own points: no split of the forwards.
+        source = stream_source(bridge, mine if multi else [point], data, tokens, ctx_len, batch_size, seed,
+                                tcfg.resolved_device(), text_field, progress=world.is_main, split=not distribute_points,
+                                dicts=multi)
 
-    console.print(f"training a {cfg.arch} SAE with {cfg.d_sae} latents on {point} (d_in {d_in}) for {tokens:,} tokens")
+    for p, c in cfgs.items():
+        console.print(f"training a {c.arch} SAE with {c.d_sae} latents on {p} (d_in {c.d_in}) for {tokens:,} tokens")
+    if distribute_points and world.parallel:
+        console.print(f"--distribute-points: {len(names)} points over {world.size} ranks; rank 0 trains {', '.join(mine)}")
     try:
-        sae = train_sae(source, cfg, tcfg, out, resume=resume, overwrite=overwrite, shard_latents=shard_latents)
+        if multi:
+            saes = train_saes(source, cfgs, tcfg, out, resume=resume, overwrite=overwrite, shard_latents=shard_latents,
+                              distribute_points=distribute_points)
+        else:
+            saes = {point: train_sae(source, cfgs[point], tcfg, out, resume=resume, overwrite=overwrite,
+                                     shard_latents=shard_latents)}
     except KeyboardInterrupt:
         console.print(f"interrupted: a checkpoint is in {out}; run the same command with --resume to continue")
         raise
-    console.print(f"saved the SAE to {out} (cfg.json, sae_weights.safetensors; loads in SAELens with SAE.load_from_disk)")
-    if eval_tokens and world.is_main:
-        return lambda: _eval_and_report(sae, bridge, data, eval_tokens, out, ctx_len, 8, train_contexts, text_field, True, out)
+    folders = {p: out / point_folder(p) if multi else out for p in saes}
+    for folder in folders.values():
+        console.print(f"saved the SAE to {folder} (cfg.json, sae_weights.safetensors; loads in SAELens with SAE.load_from_disk)")
+    if eval_tokens and (world.is_main or distribute_points):
+        def evaluate() -> None:
+            for p, sae in saes.items():
+                _eval_and_report(sae, bridge, data, eval_tokens, folders[p], ctx_len, 8, train_contexts, text_field, True,
+                                 folders[p])
+
+        return evaluate
     return None
 
 
@@ -339,7 +348,7 @@ def eval_(
     ctx = ctx_len or sae.cfg.context_size or 128
     trained_text = (sae.cfg.manifest or {}).get("data_fingerprint")
     same_text = trained_text is not None and trained_text == fingerprint(data, text_field)
-    span = _training_span(sae.cfg) if same_text else None
+    span = training_span(sae.cfg) if same_text else None
     if skip_tokens is None:
         skip_tokens = span or 0
     held_out: bool | None = None if trained_text is None else (not same_text or (span is not None and skip_tokens >= span))

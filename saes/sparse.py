@@ -165,8 +165,17 @@ class SparseDecode(torch.autograd.Function):
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Sparse TopK encoder: x `(n, d_in)` -> (values `(n, k)`, indices `(n, k)`)."""
-    return TopKEncode.apply(x, W_enc, b_enc, b_dec, k)
+    """Sparse TopK encoder: x `(n, d_in)` -> (values `(n, k)`, indices `(n, k)`).
+
+    Under `torch.autocast` the encoder matmul runs in the autocast dtype (autocast does not reach
+    inside a custom Function, and not an `out=` matmul): the inputs are cast here, and the values
+    come back in `W_enc`'s dtype, so the decoder and the loss stay in the master weights' precision.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return TopKEncode.apply(x, W_enc, b_enc, b_dec, k)
+    low = torch.get_autocast_dtype(x.device.type)
+    values, indices = TopKEncode.apply(x.to(low), W_enc.to(low), b_enc.to(low), b_dec.to(low), k)
+    return values.to(W_enc.dtype), indices
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:

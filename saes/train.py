@@ -49,6 +49,13 @@ of the W / N data ranks trains on its slice of the global batch. Data-rank 0 of 
 writes its shard's checkpoint (`checkpoint-shard-{r}-of-{N}.safetensors`), so a run resumes only
 with the same N; at the end the full SAE is gathered and rank 0 saves it as above. Ranks other
 than 0 then return None in place of the SAE.
+
+Hook points per rank (`train_saes(..., distribute_points=True)`, under torchrun): each rank trains
+the SAEs of its own points (`split_points`: a contiguous, balanced share of the points) from its own
+source, alone: no gradient communication, and each rank writes its own SAE folders. The ranks
+still agree once per step (signals, checkpoints due; a dead rank is `PeerLost`) and on every write,
+so they stop and checkpoint at the same step. A run resumes under any number of ranks up to the
+number of points (the folders are per point; `out_dir` must be visible to every rank).
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
 from saes.stream import ActivationSource, cat, chain, open_at, pick, rebatch, rows
 from saes.trainer import TrainConfig, Trainer, default_lr
 
-__all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "default_lr", "save_run", "train_sae", "train_saes"]
+__all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "default_lr", "point_folder", "save_run", "split_points",
+           "train_sae", "train_saes"]
 
 COUNTERS_FILENAME = "latent_counters.safetensors"
 # What a run leaves in its folder (besides the SAE files): removed first when overwriting.
@@ -80,7 +88,8 @@ RUN_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, CHECKPOINT, "checkpoint.json", TRAI
              "results.json", "report.html")
 
 
-def _folder_name(point: str) -> str:
+def point_folder(point: str) -> str:
+    """The folder name of `point`'s SAE under a multi-point run's `out_dir` (the point name, made path-safe)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", point)
 
 
@@ -106,6 +115,19 @@ def check_shard_latents(n: int, world_size: int, arch: str, d_sae: int | None = 
                           f"start it with torchrun --nproc-per-node {n} (or a multiple of {n})")
 
 
+def split_points(points: list[str], w: distributed.World) -> list[str]:
+    """Rank `w.rank`'s share of `points`: a contiguous run, the shares differing in size by at most one.
+
+    Rank r gets `points[r * n // W : (r + 1) * n // W]`, so rank 0 holds the first (shallowest, when the
+    points are in layer order) points and its forward stops earliest. InterpError when n < W.
+    """
+    n = len(points)
+    if n < w.size:
+        raise InterpError(f"--distribute-points gives every rank its own hook points, but {n} point{'s' if n != 1 else ''} "
+                          f"cannot go to {w.size} ranks: name at least {w.size} points in --hook, or start fewer ranks")
+    return points[w.rank * n // w.size : (w.rank + 1) * n // w.size]
+
+
 def check_out_dir(folder: Path, resume: bool, overwrite: bool) -> None:
     """InterpError when training into `folder` would replace a run the caller did not ask to replace."""
     if resume and overwrite:
@@ -125,6 +147,7 @@ def train_saes(
     progress: bool = True,
     overwrite: bool = False,
     shard_latents: int = 1,
+    distribute_points: bool = False,
 ) -> dict[str, SAE]:
     """Train one SAE per hook point from a single pass over a multi-point stream.
 
@@ -132,9 +155,11 @@ def train_saes(
     `sae_cfgs` maps each point to its SAE config. Each SAE is saved to `out_dir/<point>`
     (SAELens layout) with its checkpoints beside it. Returns the trained SAEs by point.
     `shard_latents`: latent ranks per SAE under torchrun (see the module docstring).
+    `distribute_points`: under torchrun, `sae_cfgs` and `source` are this rank's points only (e.g.
+    `split_points`); each rank trains and saves its own SAEs (see the module docstring).
     """
     return _train(source, dict(sae_cfgs), train_cfg, Path(out_dir), resume, overwrite, progress, multi=True,
-                  shard_latents=shard_latents)
+                  shard_latents=shard_latents, independent=distribute_points)
 
 
 def train_sae(
@@ -169,21 +194,36 @@ def _with_manifest(cfg: SAEConfig) -> SAEConfig:
 
 
 def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool, multi: bool,
-           shard_latents: int = 1) -> dict:
+           shard_latents: int = 1, independent: bool = False) -> dict:
     if tcfg.n_tokens < 1:
         raise InterpError(f"n_tokens={tcfg.n_tokens}: train on at least one token (e.g. n_tokens=10_000_000)")
     if tcfg.batch_size < 1:
         raise InterpError(f"batch_size={tcfg.batch_size} must be at least 1")
     w = distributed.world()
+    if independent and shard_latents > 1:
+        raise InterpError("--distribute-points and --shard-latents cannot be combined (not supported): drop one of them")
+    if tcfg.autocast is not None and shard_latents > 1:
+        raise InterpError("--autocast is not supported with --shard-latents: drop one of them")
     for c in cfgs.values():
         check_shard_latents(shard_latents, w.size, c.arch, c.d_sae)
-    dp = w.size // shard_latents  # data ranks
+    dp = 1 if independent else w.size // shard_latents  # data ranks
     if tcfg.batch_size % dp:
         raise InterpError(f"batch_size={tcfg.batch_size} (the global batch) does not split evenly over {dp} data ranks: "
                           f"choose a multiple of {dp}, or another number of ranks")
-    folders = {p: out_dir / _folder_name(p) if multi else out_dir for p in cfgs}
-    for folder in folders.values():
-        check_out_dir(folder, resume, overwrite)
+    folders = {p: out_dir / point_folder(p) if multi else out_dir for p in cfgs}
+    if independent:
+        owners = distributed.all_gather_object(sorted(folders.values()))  # every rank refuses together
+        if not all(owners):
+            raise InterpError(f"rank {owners.index([])} of {w.size} was given no hook points: give every rank at least one "
+                              "(split_points)")
+        shared = {f for i, a in enumerate(owners) for b in owners[i + 1:] for f in a if f in b}
+        if shared:
+            raise InterpError(f"two ranks were given the same hook point ({min(shared)}): give each rank its own (split_points)")
+        # Each rank checks its own folders; every rank learns of a refusal.
+        distributed.on_some(lambda: [check_out_dir(f, resume, overwrite) for f in folders.values()], w, True)
+    else:
+        for folder in folders.values():
+            check_out_dir(folder, resume, overwrite)
     if shard_latents > 1:
         from saes.sharded_trainer import ShardedTrainer, make_mesh
 
@@ -191,28 +231,37 @@ def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, o
         trainers = {p: ShardedTrainer(_with_manifest(c), tcfg, mesh) for p, c in cfgs.items()}
         ranks = f"on a multiple of {shard_latents} ranks with --shard-latents {shard_latents}"
     else:
-        trainers = {p: Trainer(_with_manifest(c), tcfg) for p, c in cfgs.items()}
-        ranks = "with any number of ranks"
+        alone = distributed.World() if independent else None  # independent: no gradient communication
+        trainers = {p: Trainer(_with_manifest(c), tcfg, world=alone) for p, c in cfgs.items()}
+        ranks = "with any number of ranks up to the number of points" if independent else "with any number of ranks"
     try:
-        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w, shard_latents)
+        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w, shard_latents, independent)
     except distributed.PeerLost as exc:
         raise distributed.PeerLost(f"{exc}; resume from the last checkpoint in {out_dir} (--resume), {ranks}") from None
 
 
 def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
-         progress: bool, w: distributed.World, shards: int) -> dict:
+         progress: bool, w: distributed.World, shards: int, independent: bool = False) -> dict:
     sharded = shards > 1
     lead = next(iter(trainers.values()))
-    # Who writes checkpoints: rank 0, or under latent sharding data-rank 0 of every latent group.
-    writer = lead.data_rank == 0 if sharded else w.is_main
-    found = distributed.on_main(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w)
-    resumed = distributed.share(found, w)
+    # Who writes checkpoints: rank 0, under latent sharding data-rank 0 of every latent group, and
+    # every rank when each trains its own points.
+    writer = True if independent else lead.data_rank == 0 if sharded else w.is_main
+    if independent:
+        mine = distributed.on_some(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w, True)
+        found = distributed.all_gather_object(mine)
+        if any(found) and not all(found):
+            raise InterpError(f"only some of the hook points under {out_dir} have a checkpoint: train again with overwrite")
+        resumed = all(found)
+    else:
+        found = distributed.on_main(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w)
+        resumed = distributed.share(found, w)
     if resumed:
         def load() -> None:
             for p, t in trainers.items():
                 load_checkpoint(t, folders[p])
 
-        if sharded:  # every rank reads its own shard (--out must be visible to all ranks)
+        if sharded or independent:  # every rank reads its own shard or points (--out must be visible to all ranks)
             distributed.on_some(load, w, True)
         else:
             distributed.on_main(load, w)
@@ -236,7 +285,7 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         sample = cat(head)  # the global sample: every rank reads the whole stream
         for p, t in trainers.items():
             t.initialise(pick(sample, p))
-            if not sharded:  # a sharded trainer's initialisation is deterministic, and its shards differ by rank
+            if not (sharded or independent):  # a sharded trainer's initialisation is deterministic, and its shards differ by rank
                 broadcast_trainer(t, w)
         if overwrite:
             def clear() -> None:
@@ -246,7 +295,7 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
                     for path in shard_files(folder):
                         path.unlink()
 
-            distributed.on_main(clear, w)
+            distributed.on_some(clear, w, independent or w.is_main)  # rank 0, or every rank for its own points
         stream = chain(head, stream)
 
     bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not (progress and w.is_main),
@@ -273,11 +322,11 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
             for batch in stream:
                 distributed.fault_hook(lead.step, w)
                 with stop.busy():
-                    local = batch if sharded else local_rows(batch, w)
+                    local = batch if sharded or independent else local_rows(batch, w)
                     for p, t in trainers.items():
                         if sharded:
                             t.train_step(t.local_rows(pick(batch, p)), rows(batch))
-                        elif w.parallel:
+                        elif t.world.parallel:
                             t.train_step(pick(local, p), rows(batch))
                         else:
                             t.train_step(pick(batch, p))
@@ -312,6 +361,8 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         with stop.busy():
             if sharded:
                 saes = {p: _save_sharded_run(t, folders[p], w) for p, t in trainers.items()}
+            elif independent:
+                saes = distributed.on_some(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w, True)
             else:
                 saved = distributed.on_main(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w)
                 saes = saved if saved is not None else {p: t.final_sae() for p, t in trainers.items()}

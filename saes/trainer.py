@@ -16,11 +16,18 @@ fewer); `dead_latents()` reports that figure with the window it covers.
 Data parallel (`saes.data_parallel`): under torchrun each rank steps on its slice of the global
 batch; `train_step` all-reduces gradients, the fired mask and the logged figures before changing
 any state, so every rank applies the same update and counts the same global tokens.
+
+Mixed precision (`TrainConfig.autocast`): the SAE's forward and loss run under `torch.autocast` in
+bfloat16 or float16, so the encoder matmul (the step's one dense `(n, d_in) x (d_in, d_sae)` product)
+runs in that dtype; the parameters, their gradients and Adam's moments stay float32 (master
+weights), and the TopK values, the sparse decoder and the loss reductions stay float32. float16
+has no loss scaling here: prefer bfloat16.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,10 +63,23 @@ class TrainConfig:
     checkpoint_minutes: float | None = 10.0  # wall-clock minutes between checkpoints (None: by steps only)
     seed: int = 0
     device: str | None = None
+    autocast: str | None = None  # "bfloat16"/"float16": the SAE's forward and loss under torch.autocast (fp32 master weights)
 
     def resolved_device(self) -> torch.device:
         """`device`, else CUDA if present (`cuda:LOCAL_RANK` under torchrun), else CPU."""
         return torch.device(distributed.rank_device(self.device))
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype of `TrainConfig.autocast` (None: no autocast); InterpError for another name."""
+    if name is None:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        raise InterpError(f"autocast {name!r} is not supported: use bfloat16 or float16 (or none for float32)")
+    return AUTOCAST_DTYPES[name]
 
 
 LONG_RUN_STEPS = 25_000  # from this many steps on, the peak rate is Gao et al.'s
@@ -94,10 +114,12 @@ class Trainer:
 
     shard: tuple[int, int] | None = None  # (latent rank, latent ranks) of a latent-sharded trainer
 
-    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig):
+    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig, world: distributed.World | None = None):
+        # `world`: the ranks that train this SAE together (default: every rank; `World()`: this rank alone).
         self.cfg, self.tcfg = sae_cfg, train_cfg
         self.device = train_cfg.resolved_device()
-        self.world = distributed.world()
+        self.world = distributed.world() if world is None else world
+        self.autocast_dtype = autocast_dtype(train_cfg.autocast)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_cfg.seed)
             self.sae = make_sae(sae_cfg)
@@ -189,7 +211,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         out = None
         if x.shape[0]:
-            out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
+            with self.autocast():
+                out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
             out.loss.backward()
         if self.world.parallel:
             fired, stats = self._reduce(x, out, n, log)
@@ -214,6 +237,12 @@ class Trainer:
         if log:
             self.stats = {"mse": stats[0], "fvu": stats[1], "l0": stats[2], "dead": dead.float().mean().item()}
             self.history.append({"step": self.step, "tokens": self.tokens, **self.stats})
+
+    def autocast(self):
+        """The context the SAE's forward and loss run in: `torch.autocast` with `TrainConfig.autocast`, or nothing."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _reduce(self, x: torch.Tensor, out, n: int, log: bool) -> tuple[torch.Tensor, list[float] | None]:
         """Global gradients, fired mask and (when logging) [mse, fvu, l0] of the global batch."""

@@ -221,10 +221,10 @@ def test_evaluation_text_is_disjoint_from_training_text(tiny_llama_dir, corpus, 
 
 def test_resumed_streamed_run_seeks_instead_of_rerunning_the_model(tiny_llama_dir, corpus, tmp_path, monkeypatch):
     import interp.activations
-    import saes.cli
+    import saes.sources
     from saes.trainer import Trainer
 
-    monkeypatch.setattr(saes.cli, "SHUFFLE_TOKENS", 8 * 31)  # shuffle blocks of 8 contexts
+    monkeypatch.setattr(saes.sources, "SHUFFLE_TOKENS", 8 * 31)  # shuffle blocks of 8 contexts
     contexts = []
     real = interp.activations.token_activations
     monkeypatch.setattr(interp.activations, "token_activations", lambda hm, tokens, *a, **k: (contexts.append(tokens.shape[0]), real(hm, tokens, *a, **k))[1])

@@ -285,9 +285,29 @@ def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_p
     assert bad.returncode != 0 and "does not split evenly over 2 ranks" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+def test_torchrun_cli_streams_with_the_forwards_split_over_the_ranks(tiny_llama_dir, tmp_path):
+    # Streamed (no --store): each rank runs the model on half of every shuffle block and the ranks
+    # exchange the rows, then train data-parallel; the SAE is the one-process SAE.
+    from interp.cli import main
+
+    common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
+              "--tokens", "1200", "--batch-size", "128", "--data", "builtin", "--ctx-len", "32",
+              "--eval-tokens", "0", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    proc = _torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)
+    assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-2000:]
+    diff = _max_diff(tmp_path / "one", tmp_path / "two")
+    print(f"streamed CLI: 2 ranks vs 1 process, max abs weight diff {diff:.2e}")
+    assert diff < 1e-5
+
+
 if __name__ == "__main__":
     status = _worker(sys.argv[1:])
-    # As `interp.cli.run` does for ranks: skip interpreter teardown, where gloo's threads can abort.
+    # As `interp.cli.run` does for ranks: skip interpreter teardown, where gloo's threads can abort,
+    # after the exit handlers (the write audit's log) have run.
+    import atexit
+
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status or 0)
