@@ -127,18 +127,7 @@ class ShardedTrainer(Trainer):
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad * share
                     distributed.all_reduce(p.grad, group=self.data_group)
                 fired = distributed.all_reduce(fired.to(torch.uint8), "max", self.data_group).bool()
-            g = sae.W_dec.grad
-            if g is not None:
-                rows = sae.W_dec
-                g -= (g * rows).sum(1, keepdim=True) * rows
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.opt.step()
-        sae.normalize_decoder()
-        self.since_fired += n
-        self.since_fired[fired] = 0
-        self.step += 1
-        self.tokens += n
+        self.apply_update(fired, n)  # this rank's shard: rows, Adam state and counters are all local
         if self.step % 10 == 1 or self.step == self.total_steps:
             # this data rank's batch slice: figures of the global batch would need one more all-reduce
             mse = out.mse.item() if out is not None else float("nan")

@@ -221,19 +221,7 @@ class Trainer:
             if log:
                 variance = (x - x.mean(0)).pow(2).sum(-1).mean()
                 stats = [out.mse.item(), (out.mse / variance).item(), out.l0.item()]
-        with torch.no_grad():
-            g = sae.W_dec.grad
-            if g is not None:
-                rows = sae.W_dec
-                g -= (g * rows).sum(1, keepdim=True) * rows
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.opt.step()
-        sae.normalize_decoder()
-        self.since_fired += n
-        self.since_fired[fired] = 0
-        self.step += 1
-        self.tokens += n
+        self.apply_update(fired, n)
         if log:
             self.stats = {"mse": stats[0], "fvu": stats[1], "l0": stats[2], "dead": dead.float().mean().item()}
             self.history.append({"step": self.step, "tokens": self.tokens, **self.stats})
@@ -259,6 +247,25 @@ class Trainer:
         mse, l0, mean, square = sums[0], sums[1], sums[2:-1], sums[-1]
         variance = square - mean.pow(2).sum()
         return fired, [mse.item(), (mse / variance).item(), l0.item()]
+
+    def apply_update(self, fired: torch.Tensor, n: int) -> None:
+        """The step after the gradients are complete: remove each decoder row's gradient along the row,
+        Adam at the scheduled rate, unit-norm decoder rows, and the counters (`fired (d_sae,)` bool,
+        `n` tokens in the global batch)."""
+        sae = self.sae
+        with torch.no_grad():
+            g = sae.W_dec.grad
+            if g is not None:
+                rows = sae.W_dec
+                g -= (g * rows).sum(1, keepdim=True) * rows
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.step()
+        sae.normalize_decoder()
+        self.since_fired += n
+        self.since_fired[fired] = 0
+        self.step += 1
+        self.tokens += n
 
     def dead_latents(self) -> dict[str, Any]:
         """Latents that have not fired in the last `window_tokens` training tokens.
