@@ -87,17 +87,46 @@ class BatchTopKSAE(SAE):
         return pre * (pre > self.threshold.clamp_min(0))
 
     def train_activate(self, pre: Tensor, x: Tensor) -> Tensor:
+        if self.global_rows is not None:
+            return self._data_parallel_activate(pre)
         acts = torch.relu(pre).flatten()
         values, indices = torch.topk(acts, self.cfg.k * pre.shape[0], sorted=False)
         z = torch.zeros_like(acts).scatter(0, indices, values).reshape(pre.shape)
-        with torch.no_grad():
-            positive = values[values > 0]
-            if positive.numel():
-                # a plain running mean at first, then an exponential one, so early batches fade out
-                rate = max(self.threshold_momentum, 1.0 / (int(self.threshold_updates) + 1))
-                self.threshold.lerp_(positive.min(), rate)
-                self.threshold_updates += 1
+        self._update_threshold(values)
         return z
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: Tensor) -> None:
+        positive = kept[kept > 0]
+        if positive.numel():
+            # a plain running mean at first, then an exponential one, so early batches fade out
+            rate = max(self.threshold_momentum, 1.0 / (int(self.threshold_updates) + 1))
+            self.threshold.lerp_(positive.min(), rate)
+            self.threshold_updates += 1
+
+    def _data_parallel_activate(self, pre: Tensor) -> Tensor:
+        """This rank's slice `pre (n_r, d_sae)` of a global batch of `global_rows` rows: keep what the
+        global batch's top `k * global_rows` keeps. Each rank's own top candidates are all-gathered
+        (the global top lies within them), the smallest kept value `t` is found the same on every
+        rank, and each keeps its activations at or above it: the one-process selection (up to exact
+        ties at `t`), and the same threshold update everywhere."""
+        from interp import distributed
+
+        keep = self.cfg.k * self.global_rows
+        acts = torch.relu(pre)
+        flat = acts.detach().flatten()
+        mine = torch.topk(flat, min(keep, flat.numel()), sorted=False).values
+        padded = torch.full((keep,), -1.0, dtype=flat.dtype, device=flat.device)  # below any ReLU value
+        padded[: mine.numel()] = mine
+        kept = torch.topk(torch.cat(distributed.all_gather(padded.to(distributed.comm_device()))), keep, sorted=False).values
+        kept = kept.to(flat.device)
+        t = kept.min()
+        self._update_threshold(kept)
+        return acts * ((acts >= t) & (acts > 0))
+
+    def join_batch(self) -> None:
+        """Take part in a data-parallel batch with no rows of this rank's own (see `_data_parallel_activate`)."""
+        self._data_parallel_activate(self.b_enc.detach().new_zeros((0, self.cfg.d_sae)))
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {**super().state_tensors(), "threshold": self.threshold.detach()}

@@ -96,6 +96,9 @@ class SAE(nn.Module):
     """Base sparse autoencoder. Subclasses define `activate` (and optionally the training loss)."""
 
     uses_auxk = False
+    # Data parallel: rows in the global batch when this rank trains on a slice of it (None: the
+    # batch is the whole batch). Only an activation that looks across the batch (BatchTopK) uses it.
+    global_rows: int | None = None
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -182,6 +185,10 @@ class SAE(nn.Module):
     def train_activate(self, pre: Tensor, x: Tensor) -> Tensor:
         """Training activation (differentiable); defaults to the inference one."""
         return self.activate(pre, x)
+
+    def join_batch(self) -> None:
+        """Called instead of the training loss on a rank whose slice of a data-parallel batch is empty,
+        so that an activation with collectives (BatchTopK) still meets the other ranks."""
 
     def penalty(self, z: Tensor, pre: Tensor, x: Tensor) -> dict[str, Tensor]:
         """Architecture-specific loss terms (scalars with gradients)."""

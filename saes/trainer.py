@@ -210,10 +210,13 @@ class Trainer:
         log = (self.step + 1) % 10 == 1 or self.step + 1 == self.total_steps
         self.opt.zero_grad(set_to_none=True)
         out = None
+        sae.global_rows = n if self.world.parallel else None
         if x.shape[0]:
             with self.autocast():
                 out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
             out.loss.backward()
+        elif self.world.parallel:
+            sae.join_batch()
         if self.world.parallel:
             fired, stats = self._reduce(x, out, n, log)
         else:
@@ -284,6 +287,7 @@ class Trainer:
         """The trained SAE with the input scale folded in (works on raw activations), in eval mode."""
         sae = self.sae
         sae.cfg = replace(sae.cfg)
+        sae.global_rows = None
         sae.fold_input_scale(self.scale)
         return sae.eval()
 

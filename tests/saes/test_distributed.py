@@ -172,7 +172,7 @@ def _counters(folder: Path) -> torch.Tensor:
 
 
 # --- tests -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "batchtopk"])
 def test_two_ranks_train_the_sae_of_one_process_and_only_rank_0_writes(data, tmp_path, arch):
     ref = _reference(data, tmp_path / "ref", arch)
     out = tmp_path / "ddp"
