@@ -217,18 +217,7 @@ def generate(
         vec = _probe_vector(lm, probe, point)
     kwargs.update(positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
     steered = steer_generate(lm, prompt, vec, a, **kwargs)
-    if not compare:
-        typer.echo(steered)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    baseline = steer_generate(lm, prompt, None, 0.0, **kwargs)
-    table = Table(title=f"{prompt!r} (seed {seed})", show_lines=True)
-    table.add_column("unsteered")
-    table.add_column(f"steered (alpha {a:g}, unit {alpha_unit})")
-    table.add_row(baseline, steered)
-    Console().print(table)
+    methods.show_generation(lm, prompt, steered, kwargs, f"steered (alpha {a:g}, unit {alpha_unit})", compare)
 
 
 @app.command("eval")

@@ -90,6 +90,13 @@ def generate_lineas(lm: Any, folder: Path, prompt: str, strength: float, kwargs:
     maps = LinEASMaps.load(folder)
     with apply_lineas(lm, maps, strength):
         steered = steer_generate(lm, prompt, None, 0.0, **kwargs)
+    show_generation(lm, prompt, steered, kwargs, f"LinEAS (strength {strength:g})", compare)
+
+
+def show_generation(lm, prompt: str, steered: str, kwargs: dict[str, Any], label: str, compare: bool) -> None:
+    """Print the steered text, or with `compare` a table of the unsteered (same `kwargs`) and the steered one."""
+    from interp.steering import generate as steer_generate
+
     if not compare:
         typer.echo(steered)
         return
@@ -99,7 +106,7 @@ def generate_lineas(lm: Any, folder: Path, prompt: str, strength: float, kwargs:
     baseline = steer_generate(lm, prompt, None, 0.0, **kwargs)
     table = Table(title=f"{prompt!r} (seed {kwargs.get('seed')})", show_lines=True)
     table.add_column("unsteered")
-    table.add_column(f"LinEAS (strength {strength:g})")
+    table.add_column(label)
     table.add_row(baseline, steered)
     Console().print(table)
 

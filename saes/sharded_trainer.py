@@ -14,13 +14,13 @@ dead-latent counters agree. All methods that touch other ranks are collectives: 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from interp import distributed
+from interp.distributed import World
 from saes.architectures import SAE, SAEConfig
+from saes.data_parallel import local_rows
 from saes.sharded import ShardedTopK, _randn_rows
 from saes.trainer import TrainConfig, Trainer
 
@@ -73,34 +73,15 @@ class ShardedTrainer(Trainer):
         self.history: list[dict[str, float]] = []
 
     def local_rows(self, batch: Tensor) -> Tensor:
-        """This data rank's contiguous slice of a global batch `(n, d_in)`: `ceil(n / dp)` rows, the
-        last slices fewer (possibly none); every rank of a latent group gets the same slice."""
-        if self.dp == 1:
-            return batch
-        per = -(-batch.shape[0] // self.dp)
-        r = self.data_rank
-        return batch[min(batch.shape[0], r * per):min(batch.shape[0], (r + 1) * per)]
+        """This data rank's contiguous slice of a global batch `(n, d_in)` (`saes.data_parallel.local_rows`
+        over the data ranks); every rank of a latent group gets the same slice."""
+        return local_rows(batch, World(self.data_rank, self.dp))
 
-    @torch.no_grad()
-    def initialise(self, sample: Tensor) -> None:
-        """`Trainer.initialise` for the shard: input scale, `b_dec`, optional active-subspace init."""
-        sample = self.check(sample).float()
-        if self.tcfg.normalize:
-            self.scale = math.sqrt(self.cfg.d_in) / sample.norm(dim=1).mean().clamp_min(1e-12).item()
-        sample = sample * self.scale
-        mean = sample.mean(0)
-        sae = self.sae
-        if self.tcfg.init_active_subspace:
-            _, s, v = torch.linalg.svd(sample - mean, full_matrices=False)
-            explained = (s.pow(2).cumsum(0) / s.pow(2).sum()).cpu()
-            dims = int((explained < self.tcfg.active_subspace_variance).sum()) + 1
-            with torch.random.fork_rng(devices=[]):  # the global generator seeded alike draws what Trainer's does
-                torch.manual_seed(self.tcfg.seed)
-                coords = _randn_rows(self.cfg.d_sae, dims, sae.offset, sae.offset + sae.m).to(self.device)
-            rows = coords @ v[:dims]
-            sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
-            sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+    def subspace_coords(self, dims: int) -> Tensor:
+        """This shard's rows of `Trainer.subspace_coords` (the same draw, without making all of it)."""
+        with torch.random.fork_rng(devices=[]):  # the global generator seeded alike draws what Trainer's does
+            torch.manual_seed(self.tcfg.seed)
+            return _randn_rows(self.cfg.d_sae, dims, self.sae.offset, self.sae.offset + self.sae.m).to(self.device)
 
     @torch.enable_grad()
     def train_step(self, x: Tensor, batch_rows: int | None = None) -> None:

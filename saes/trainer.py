@@ -190,12 +190,15 @@ class Trainer:
             _, s, v = torch.linalg.svd(centred, full_matrices=False)
             explained = (s.pow(2).cumsum(0) / s.pow(2).sum()).cpu()
             dims = int((explained < self.tcfg.active_subspace_variance).sum()) + 1
-            gen = torch.Generator(device="cpu").manual_seed(self.tcfg.seed)
-            coords = torch.randn(self.cfg.d_sae, dims, generator=gen).to(self.device)
-            rows = coords @ v[:dims]
+            rows = self.subspace_coords(dims) @ v[:dims]
             sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
             sae.W_enc.copy_(sae.W_dec.t())
         sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+
+    def subspace_coords(self, dims: int) -> torch.Tensor:
+        """Random coordinates `(d_sae, dims)` of the decoder rows in the active subspace, drawn from `tcfg.seed`."""
+        gen = torch.Generator(device="cpu").manual_seed(self.tcfg.seed)
+        return torch.randn(self.cfg.d_sae, dims, generator=gen).to(self.device)
 
     @torch.enable_grad()
     def train_step(self, x: torch.Tensor, batch_rows: int | None = None) -> None:
