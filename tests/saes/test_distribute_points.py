@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.saes.ranks import ROOT, env, max_diff, start_ranks, torchrun
+
 POINTS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
 
 # Loaded through PYTHONPATH in each rank: records the files the rank writes (audit hooks).
@@ -43,26 +41,6 @@ def _common(model_dir: Path) -> list[str]:
             "--seed", "3"]
 
 
-def _weights(folder: Path) -> dict:
-    return load_file(str(folder / "sae_weights.safetensors"))
-
-
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
-
-
-def _torchrun(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.2",
-           "-m", "interp", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _env(**extra: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_llama_dir, tmp_path_factory):
     """One multi-point run (with its evaluation) and the two single-point runs it must equal."""
@@ -79,7 +57,7 @@ def runs(tiny_llama_dir, tmp_path_factory):
 def test_several_points_train_the_sae_of_each_single_point_run(runs):
     for layer, point in enumerate(POINTS):
         folder = runs / "multi" / point
-        diff = _max_diff(folder, runs / f"single{layer}")
+        diff = max_diff(folder, runs / f"single{layer}")
         print(f"{point}: multi-point run vs single-point run, max abs weight diff {diff:.2e}")
         assert diff < 1e-6
         cfg = json.loads((folder / "cfg.json").read_text())
@@ -94,12 +72,12 @@ def test_distribute_points_over_two_ranks_equals_one_process(runs, tiny_llama_di
     site.mkdir()
     (site / "sitecustomize.py").write_text(WATCH)
     out, log = tmp_path / "dist", tmp_path / "writes"
-    env = _env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", WATCH_OUT=str(out.resolve()), WATCH_LOG=str(log))
-    proc = _torchrun([*_common(tiny_llama_dir), "--hook", "resid_post:0-1", "--distribute-points", "--eval-tokens", "0",
-                      "--out", str(out), "--dist-timeout", "30"], env)
+    environ = env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", WATCH_OUT=str(out.resolve()), WATCH_LOG=str(log))
+    proc = torchrun("-m", "interp", *_common(tiny_llama_dir), "--hook", "resid_post:0-1", "--distribute-points", "--eval-tokens",
+                    "0", "--out", str(out), "--dist-timeout", "30", timeout=120, environ=environ)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank, point in enumerate(POINTS):
-        diff = _max_diff(out / point, runs / "multi" / point)
+        diff = max_diff(out / point, runs / "multi" / point)
         print(f"{point}: 2 ranks with --distribute-points vs one process, max abs weight diff {diff:.2e}")
         assert diff < 1e-6
         written = Path(f"{log}.{rank}").read_text().splitlines()
@@ -112,7 +90,8 @@ def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
 
     common = [*_common(tiny_llama_dir), "--eval-tokens", "0"]
     # One point cannot go to two ranks.
-    few = _torchrun([*common, "--layer", "1", "--distribute-points", "--out", str(tmp_path / "few"), "--dist-timeout", "30"], _env())
+    few = torchrun("-m", "interp", *common, "--layer", "1", "--distribute-points", "--out", str(tmp_path / "few"), "--dist-timeout", "30",
+                   timeout=120)
     assert few.returncode != 0
     lines = [line for line in few.stderr.splitlines() if "1 point cannot go to 2 ranks" in line]
     # Each rank refuses on its own; torchrun may stop the second before it prints, once the first has failed.
@@ -134,19 +113,10 @@ def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_distribute_points_a_dead_rank_is_one_line_on_the_other(tiny_llama_dir, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = [*_common(tiny_llama_dir), "--hook", "resid_post:0-1", "--distribute-points", "--eval-tokens", "0",
             "--out", str(tmp_path / "dead"), "--dist-timeout", "30"]
-    procs = []
-    for rank in (0, 1):  # started by hand with torchrun's variables: no launcher to SIGTERM the survivor
-        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), INTERP_TEST_FAULT="1:3:kill")
-        procs.append(subprocess.Popen([sys.executable, "-m", "interp", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+    # started by hand with torchrun's variables: no launcher to SIGTERM the survivor
+    procs = start_ranks(["-m", "interp", *args], INTERP_TEST_FAULT="1:3:kill")
     _, err = procs[0].communicate(timeout=120)
     procs[1].communicate(timeout=30)
     assert procs[0].returncode == 1 and procs[1].returncode == -9

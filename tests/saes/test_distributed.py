@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` command
+from tests.saes.ranks import counters, max_diff, start_ranks, torchrun
+
 D_IN, D_SAE, N_ROWS, N_TOKENS, BATCH = 16, 64, 720, 689, 64  # 689: the last global batch (49 rows) splits 25 / 24
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -106,31 +105,9 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-def _torchrun(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.2", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
 def _ranks(args: list[str], fault: str, timeout_s: float) -> list[subprocess.Popen]:
-    """Two ranks started by hand with torchrun's variables (as on two nodes: no agent watches them)."""
-    port = _free_port()
-    procs = []
-    for rank in (0, 1):
-        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "INTERP_TEST_FAULT": fault}
-        procs.append(subprocess.Popen([sys.executable, __file__, *args, "--timeout", str(timeout_s)], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return procs
+    """Two ranks of this file's worker started by hand (as on two nodes: no agent watches them)."""
+    return start_ranks([__file__, *args, "--timeout", str(timeout_s)], INTERP_TEST_FAULT=fault)
 
 
 def _wait_stopped(pid: int, limit: float = 60) -> float:
@@ -144,18 +121,6 @@ def _wait_stopped(pid: int, limit: float = 60) -> float:
     raise AssertionError(f"process {pid} never stopped")
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "sae_weights.safetensors"))
-
-
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
-
-
 def _reference(data: Path, out: Path, arch: str) -> Path:
     """The one-process run: batches of BATCH rows, the same stream."""
     from saes.train import train_sae
@@ -165,25 +130,18 @@ def _reference(data: Path, out: Path, arch: str) -> Path:
     return out
 
 
-def _counters(folder: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "latent_counters.safetensors"))["tokens_since_fired"]
-
-
-# --- tests -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "batchtopk"])
 def test_two_ranks_train_the_sae_of_one_process_and_only_rank_0_writes(data, tmp_path, arch):
     ref = _reference(data, tmp_path / "ref", arch)
     out = tmp_path / "ddp"
     start = time.monotonic()
-    proc = _torchrun(__file__, "--data", str(data), "--out", str(out), "--arch", arch, "--checkpoint-every", "3")
+    proc = torchrun(__file__, "--data", str(data), "--out", str(out), "--arch", arch, "--checkpoint-every", "3", timeout=120)
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-2000:]
-    diff = _max_diff(ref, out)
+    diff = max_diff(ref, out)
     print(f"{arch}: 2 ranks vs 1 process, max abs weight diff {diff:.2e}; torchrun wall {wall:.1f} s")
     assert diff < 1e-5
-    assert torch.equal(_counters(ref), _counters(out))  # dead-latent counters: identical
+    assert torch.equal(counters(ref), counters(out))  # dead-latent counters: identical
     t_ref, t_ddp = (json.loads((f / "training.json").read_text()) for f in (ref, out))
     assert (t_ddp["steps"], t_ddp["tokens"]) == (t_ref["steps"], t_ref["tokens"]) == (11, N_TOKENS)
     assert t_ddp["dead_latents"] == t_ref["dead_latents"]
@@ -221,16 +179,16 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_on_any_wo
 
     two = tmp_path / "two"
     shutil.copytree(out, two)
-    proc = _torchrun(__file__, "--data", str(data), "--out", str(two), "--resume")
+    proc = torchrun(__file__, "--data", str(data), "--out", str(two), "--resume", timeout=120)
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-2000:]
     from saes.train import train_sae
 
     cfg, tcfg = _configs("topk")
     train_sae(_source(data), cfg, tcfg, out, resume=True, progress=False)
-    d1, d2 = _max_diff(ref, out), _max_diff(ref, two)
+    d1, d2 = max_diff(ref, out), max_diff(ref, two)
     print(f"resumed after a dead rank: max abs diff to the whole run {d1:.2e} (1 process), {d2:.2e} (2 ranks)")
     assert d1 < 1e-5 and d2 < 1e-5
-    assert torch.equal(_counters(ref), _counters(out)) and torch.equal(_counters(ref), _counters(two))
+    assert torch.equal(counters(ref), counters(out)) and torch.equal(counters(ref), counters(two))
 
 
 def test_a_silent_rank_times_out_the_other_with_one_line(data, tmp_path):
@@ -273,15 +231,15 @@ def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_p
               "--eval-tokens", "0", "--checkpoint-steps", "2", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0  # builds the store, then trains in one process
     start = time.monotonic()
-    proc = _torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)
+    proc = torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-2000:]
-    diff = _max_diff(tmp_path / "one", tmp_path / "two")
+    diff = max_diff(tmp_path / "one", tmp_path / "two")
     print(f"CLI: 2 ranks vs 1 process, max abs weight diff {diff:.2e}; torchrun wall {wall:.1f} s")
     assert diff < 1e-5
     assert proc.stdout.count("saved the SAE to") == 1  # rank 0 speaks, rank 1 is quiet
     # A global batch that does not split over the ranks is refused, by every rank, on one line each.
-    bad = _torchrun("-m", "interp", *[a if a != "128" else "127" for a in common], "--out", str(tmp_path / "bad"), timeout=240)
+    bad = torchrun("-m", "interp", *[a if a != "128" else "127" for a in common], "--out", str(tmp_path / "bad"), timeout=240)
     assert bad.returncode != 0 and "does not split evenly over 2 ranks" in bad.stderr and not (tmp_path / "bad").exists()
 
 
@@ -294,9 +252,9 @@ def test_torchrun_cli_streams_with_the_forwards_split_over_the_ranks(tiny_llama_
               "--tokens", "1200", "--batch-size", "128", "--data", "builtin", "--ctx-len", "32",
               "--eval-tokens", "0", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    proc = _torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)
+    proc = torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-2000:]
-    diff = _max_diff(tmp_path / "one", tmp_path / "two")
+    diff = max_diff(tmp_path / "one", tmp_path / "two")
     print(f"streamed CLI: 2 ranks vs 1 process, max abs weight diff {diff:.2e}")
     assert diff < 1e-5
 

@@ -8,52 +8,17 @@ agent) for the interrupted run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from interp.cli import main
+from tests.saes.ranks import counters, max_diff, start_ranks, torchrun, weights
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
-def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.2",
-           "-m", "interp", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "sae_weights.safetensors"))
-
-
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
-
-
-def _counters(folder: Path) -> torch.Tensor:
-    return load_file(str(folder / "latent_counters.safetensors"))["tokens_since_fired"]
 
 
 def _check_ok(proc) -> None:
@@ -75,14 +40,14 @@ def run(tiny_llama_dir, tmp_path_factory):
 def test_two_latent_ranks_train_the_sae_of_one_process(run, tmp_path):
     out = tmp_path / "sharded"
     start = time.monotonic()
-    proc = _torchrun(*run["common"], "--shard-latents", "2", "--out", str(out), "--dist-timeout", "30")
+    proc = torchrun("-m", "interp", *run["common"], "--shard-latents", "2", "--out", str(out), "--dist-timeout", "30")
     wall = time.monotonic() - start
     _check_ok(proc)
-    diff = _max_diff(run["ref"], out)
+    diff = max_diff(run["ref"], out)
     print(f"--shard-latents 2 vs 1 process: max abs weight diff {diff:.2e}; torchrun wall {wall:.1f} s")
     assert diff < 1e-5
-    assert _weights(out)["W_dec"].shape == (128, 64)  # the full SAE, gathered
-    assert torch.equal(_counters(run["ref"]), _counters(out))
+    assert weights(out)["W_dec"].shape == (128, 64)  # the full SAE, gathered
+    assert torch.equal(counters(run["ref"]), counters(out))
     t_ref, t_out = (json.loads((f / "training.json").read_text()) for f in (run["ref"], out))
     assert (t_out["steps"], t_out["tokens"]) == (t_ref["steps"], t_ref["tokens"]) == (8, 1000)
     assert t_out["dead_latents"] == t_ref["dead_latents"]
@@ -112,14 +77,9 @@ def test_refusals_are_one_line_before_anything_is_written(run, tmp_path, capsys)
 
 def test_an_interrupted_sharded_run_resumes_to_the_same_sae_and_only_with_the_same_n(run, tmp_path, capsys):
     out = tmp_path / "cut"
-    port = _free_port()
-    procs = []
-    for rank in (0, 1):  # rank 1 SIGKILLs itself before step 5 (0-based); shard checkpoints are at step 4
-        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), INTERP_TEST_FAULT="1:5:kill")
-        procs.append(subprocess.Popen([sys.executable, "-m", "interp", *run["common"], "--shard-latents", "2", "--out", str(out),
-                                       "--dist-timeout", "30"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+    # rank 1 SIGKILLs itself before step 5 (0-based); shard checkpoints are at step 4
+    procs = start_ranks(["-m", "interp", *run["common"], "--shard-latents", "2", "--out", str(out), "--dist-timeout", "30"],
+                        INTERP_TEST_FAULT="1:5:kill")
     rank0_err = procs[0].communicate(timeout=120)[1]
     procs[1].wait(timeout=60)
     print(f"rank 0 stderr: {rank0_err.strip()}")
@@ -137,12 +97,12 @@ def test_an_interrupted_sharded_run_resumes_to_the_same_sae_and_only_with_the_sa
     assert "is sharded over 2 latent ranks: resume with --shard-latents 2" in err and len(err.splitlines()) == 1, err
 
     start = time.monotonic()
-    proc = _torchrun(*run["common"], "--shard-latents", "2", "--out", str(out), "--resume", "--dist-timeout", "30")
+    proc = torchrun("-m", "interp", *run["common"], "--shard-latents", "2", "--out", str(out), "--resume", "--dist-timeout", "30")
     wall = time.monotonic() - start
     _check_ok(proc)
-    diff = _max_diff(run["ref"], out)
+    diff = max_diff(run["ref"], out)
     print(f"resumed sharded run vs uninterrupted 1 process: max abs weight diff {diff:.2e}; resume wall {wall:.1f} s")
     assert diff < 1e-5
-    assert torch.equal(_counters(run["ref"]), _counters(out))
+    assert torch.equal(counters(run["ref"]), counters(out))
     assert json.loads((out / "training.json").read_text())["steps"] == 8
     shutil.rmtree(out)
