@@ -105,6 +105,11 @@ def _item_rows(hm: HookManager, item: torch.Tensor, names: Sequence[str], widths
     return out
 
 
+def _joined(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`{point: rows}` from each point's pieces; a block that came as one piece is not copied again."""
+    return {n: ps[0] if len(ps) == 1 else torch.cat(ps) for n, ps in parts.items()}
+
+
 def _blocks(
     hm: HookManager, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
     contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int, ranks: World, group: Any,
@@ -123,10 +128,10 @@ def _blocks(
             parts[n].append(acts[n])
         held += block.shape[0]
         if held >= block_contexts:
-            yield {n: torch.cat(parts[n]) for n in names}
+            yield _joined(parts)
             parts, held = {n: [] for n in names}, 0
     if held:
-        yield {n: torch.cat(parts[n]) for n in names}
+        yield _joined(parts)
 
 
 def harvest(
