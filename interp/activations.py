@@ -57,14 +57,15 @@ def point_shapes(model_or_hm: Any, points: str | Sequence[str]) -> dict[str, tup
     return shapes
 
 
-def token_rows(hm: HookManager, tokens: torch.Tensor, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One forward of `tokens (batch, ctx)`: `{point: (batch*(ctx-1), width)}`, one row per non-BOS token.
+def token_rows(hm: HookManager, tokens: torch.Tensor, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
+               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """One forward of `tokens (batch, ctx)`: `{point: (batch*(ctx-1), width)}` on `device`, one row per non-BOS token.
 
     Grad mode is off for the forward only; callers that are generators must not hold it across a `yield`.
     """
     n = tokens.shape[0] * (tokens.shape[1] - 1)
     with torch.no_grad():
-        acts = token_activations(hm, tokens, names, dtype, device="cpu")
+        acts = token_activations(hm, tokens, names, dtype, device=device)
     # A (batch, pos, heads, d_head) point comes back as rows of d_head in (token, head) order, so
     # regrouping by token gives each token's heads side by side: (tokens, heads * d_head).
     return {p: acts[p].reshape(n, widths[p]) for p in names}
@@ -77,8 +78,8 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
 
 
 def _item_rows(hm: HookManager, item: torch.Tensor, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
-               batch_size: int, ranks: World, group: Any) -> dict[str, torch.Tensor]:
-    """Rows of the contexts `item (n, ctx)` in order: `{point: (n*(ctx-1), width)}`.
+               batch_size: int, ranks: World, group: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows of the contexts `item (n, ctx)` in order, on `device`: `{point: (n*(ctx-1), width)}`.
 
     Over several ranks, rank r runs the model on contexts r, r+W, ... only, and the ranks exchange
     their rows (an all-gather), so every rank ends with all of them for 1/W of the model's work.
@@ -86,21 +87,21 @@ def _item_rows(hm: HookManager, item: torch.Tensor, names: Sequence[str], widths
     mine = item[ranks.rank :: ranks.size]
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for start in range(0, mine.shape[0], batch_size):
-        acts = token_rows(hm, mine[start : start + batch_size], names, widths, dtype)
+        acts = token_rows(hm, mine[start : start + batch_size], names, widths, dtype, device)
         for n in names:
             parts[n].append(acts[n])
     per_context = item.shape[1] - 1
-    local = {n: torch.cat(parts[n]) if parts[n] else torch.empty((0, widths[n]), dtype=dtype) for n in names}
+    local = {n: torch.cat(parts[n]) if parts[n] else torch.empty((0, widths[n]), dtype=dtype, device=device) for n in names}
     if ranks.size == 1:
         return local
     most = -(-item.shape[0] // ranks.size)  # contexts of rank 0, the most any rank holds
     out = {}
     for n in names:
-        padded = torch.zeros((most * per_context, widths[n]), dtype=dtype)
+        padded = torch.zeros((most * per_context, widths[n]), dtype=dtype, device=device)
         padded[: len(local[n])] = local[n]
         gathered = distributed.all_gather(padded.to(distributed.comm_device(group)), group=group)
         # (rank, context of rank, ...) -> context r + W * i is rank r's i-th: interleave, drop padding
-        stacked = torch.stack([g.cpu().view(most, per_context, widths[n]) for g in gathered], dim=1)
+        stacked = torch.stack([g.to(device).view(most, per_context, widths[n]) for g in gathered], dim=1)
         out[n] = stacked.reshape(-1, widths[n])[: item.shape[0] * per_context]
     return out
 
@@ -112,9 +113,9 @@ def _joined(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def _blocks(
     hm: HookManager, names: Sequence[str], widths: dict[str, int], dtype: torch.dtype,
-    contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int, ranks: World, group: Any,
+    contexts: Iterable[torch.Tensor], block_contexts: int, batch_size: int, ranks: World, group: Any, device: torch.device,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Rows of each block of contexts in data order: `{point: (block rows, width)}`.
+    """Rows of each block of contexts in data order, on `device`: `{point: (block rows, width)}`.
 
     `contexts` gives one block per item (`token_batches` with `batch_size=block_contexts`), except
     that a short last context comes as an item of its own. Forward passes take `batch_size`
@@ -123,7 +124,7 @@ def _blocks(
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     held = 0
     for block in contexts:
-        acts = _item_rows(hm, block, names, widths, dtype, batch_size, ranks, group)
+        acts = _item_rows(hm, block, names, widths, dtype, batch_size, ranks, group, device)
         for n in names:
             parts[n].append(acts[n])
         held += block.shape[0]
@@ -163,7 +164,9 @@ def harvest(
     without it (same other arguments). Whole blocks before the skip point are passed over without
     running the model; the block holding it is harvested and its rows before it dropped.
     `width` is `point_shapes(model, point)` flattened; `device` is where the batches are put
-    (default: the model's).
+    (default: the model's). Blocks are gathered and shuffled there too: on a GPU the rows go from
+    the forward to the batches without a round trip through host memory (a block takes
+    `shuffle_buffer_tokens * width` values per point of that device's memory).
 
     `split_over`: a process group (`interp.distributed.new_group()`, or the default group) whose W
     ranks all call `harvest` with the same arguments: each rank runs the model on 1/W of every
@@ -188,19 +191,19 @@ def harvest(
     if skip_tokens == n_tokens:
         return
     contexts = token_batches(model, source, ctx_len, block_contexts, n_tokens, text_field, skip_contexts=first * block_contexts)
-    carry = {n: torch.empty((0, widths[n]), dtype=dtype) for n in names}
+    carry = {n: torch.empty((0, widths[n]), dtype=dtype, device=out_device) for n in names}
     with tqdm(total=n_tokens, initial=skip_tokens, unit="tok", desc="harvest", disable=not progress) as bar:
         ranks = distributed.world(split_over) if split_over is not None else World()
-        for index, rows in enumerate(_blocks(hm, names, widths, dtype, contexts, block_contexts, batch_size, ranks, split_over),
-                                     start=first):
-            perm = torch.randperm(rows[names[0]].shape[0], generator=_block_generator(seed, index))
+        blocks = _blocks(hm, names, widths, dtype, contexts, block_contexts, batch_size, ranks, split_over, out_device)
+        for index, rows in enumerate(blocks, start=first):
+            perm = torch.randperm(rows[names[0]].shape[0], generator=_block_generator(seed, index)).to(out_device)
             if index == first:
                 perm = perm[drop:]
             ready = {n: torch.cat([carry[n], rows[n][perm]]) if len(carry[n]) else rows[n][perm] for n in names}
             bar.update(len(perm))
             full = len(ready[names[0]]) - len(ready[names[0]]) % out_batch_size
             for start in range(0, full, out_batch_size):
-                yield {n: t[start : start + out_batch_size].to(out_device) for n, t in ready.items()}
+                yield {n: t[start : start + out_batch_size] for n, t in ready.items()}
             carry = {n: t[full:] for n, t in ready.items()}
         if len(carry[names[0]]):
-            yield {n: t.to(out_device) for n, t in carry.items()}
+            yield carry

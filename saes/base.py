@@ -106,7 +106,7 @@ class SAE(nn.Module):
         W_dec = torch.randn(cfg.d_sae, cfg.d_in)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.W_enc = nn.Parameter(W_dec.t().clone())  # stored as (d_sae, d_in) rows, like its sparse gradient
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 

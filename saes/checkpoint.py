@@ -31,8 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-import torch
-
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.manifest import check_compatible as check_manifest
@@ -101,7 +99,7 @@ def save_checkpoint(trainer: "Trainer", folder: Path) -> None:
     tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
     adam_steps = {}
     for name, p in trainer.sae.named_parameters():
-        st = trainer.opt.state.get(p, {})
+        st = trainer.adam_state(p)
         if st:
             tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
             tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
@@ -156,11 +154,8 @@ def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
     trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     for name, p in trainer.sae.named_parameters():
         if name in meta["adam_steps"]:
-            trainer.opt.state[p] = {
-                "step": torch.tensor(meta["adam_steps"][name]),
-                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(trainer.device),
-                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(trainer.device),
-            }
+            trainer.set_adam_state(p, meta["adam_steps"][name], tensors[f"adam.{name}.exp_avg"],
+                                   tensors[f"adam.{name}.exp_avg_sq"])
     trainer.since_fired.copy_(tensors["since_fired"])
     trainer.step, trainer.tokens, trainer.scale = meta["step"], meta["tokens"], meta["scale"]
     trainer.history = list(meta.get("history", []))

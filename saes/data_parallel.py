@@ -84,21 +84,21 @@ def broadcast_trainer(trainer: "Trainer", w: World) -> None:
         return
     meta = distributed.share({"step": trainer.step, "tokens": trainer.tokens, "scale": trainer.scale,
                               "history": trainer.history,
-                              "adam": {n: float(trainer.opt.state[p]["step"])
-                                       for n, p in trainer.sae.named_parameters() if p in trainer.opt.state}}, w)
+                              "adam": {n: float(st["step"]) for n, p in trainer.sae.named_parameters()
+                                       if (st := trainer.adam_state(p))}}, w)
     trainer.step, trainer.tokens, trainer.scale, trainer.history = meta["step"], meta["tokens"], meta["scale"], meta["history"]
     tensors = [*trainer.sae.state_dict().values(), trainer.since_fired]
     for name, p in trainer.sae.named_parameters():
         if name in meta["adam"]:
-            st = trainer.opt.state.setdefault(p, {})
-            st.setdefault("exp_avg", torch.zeros_like(p))
-            st.setdefault("exp_avg_sq", torch.zeros_like(p))
-            st["step"] = torch.tensor(meta["adam"][name])
+            if not trainer.adam_state(p):
+                trainer.set_adam_state(p, meta["adam"][name], torch.zeros_like(p), torch.zeros_like(p))
+            st = trainer.adam_state(p)  # views of the optimizer's tensors: the broadcast below fills those
+            st["step"].fill_(meta["adam"][name])
             tensors += [st["exp_avg"], st["exp_avg_sq"]]
     with torch.no_grad():
         for t in tensors:
-            # By logical layout: the same tensor may be strided differently on two ranks (W_enc is a
-            # transposed clone; a loaded Adam moment is contiguous), and a broadcast copies memory.
+            # By logical layout: the same tensor may be strided differently on two ranks (W_enc and its
+            # moments are transposed clones, a W_enc loaded elsewhere need not be), and a broadcast copies memory.
             buf = distributed.broadcast(t.contiguous())
             if buf.data_ptr() != t.data_ptr():
                 t.copy_(buf)

@@ -64,7 +64,7 @@ class ShardedTrainer(Trainer):
             self.sae = ShardedTopK.init(sae_cfg, self.latent_group, train_cfg.seed)
         self.sae.to(self.device)
         self.shard = (self.sae.rank, self.sae.world)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(train_cfg.beta1, train_cfg.beta2))
+        self.opt = self.make_adam()
         self.since_fired = torch.zeros(self.sae.m, dtype=torch.long, device=self.device)
         self.scale = 1.0
         self.step = 0
@@ -95,7 +95,7 @@ class ShardedTrainer(Trainer):
         n = x.shape[0] * self.dp if batch_rows is None else batch_rows
         sae = self.sae
         dead = self.since_fired >= self.dead_after
-        self.opt.zero_grad(set_to_none=True)
+        self.zero_grad()
         out = None
         if x.shape[0]:  # every rank of a latent group holds the same slice, so all take this branch or none
             out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)

@@ -14,6 +14,12 @@ as `(n, k)` values and indices:
 The three primitives below are built on `F.embedding_bag`, whose kernels loop over
 (index, weight) pairs without materialising `(n, k, d_in)` or `(n, d_sae)` tensors. A training
 step then costs the encoder matmul `2 * n * d_in * d_sae` FLOPs plus `O(n * k * d_in)` terms.
+
+On the CPU the encoder runs in row blocks (about 16 MB, at least 1024 rows) (`ENCODE_BLOCK_FLOATS`), so each block's
+pre-activations are selected while still in cache and no `(n, d_sae)` tensor exists, and the
+selection is `select_topk`: the top `k` of a row lie in the `k` groups with the largest maxima, so
+the maxima of a few interleaved groups are taken in one pass and only those groups' members are
+ranked (exact; 1.3-1.7x faster than `torch.topk` at 4608-32768 latents).
 """
 
 from __future__ import annotations
@@ -66,9 +72,20 @@ def gather_dot(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
     """`out[t, j] = rows[t] . table[indices[t, j]]`.
 
     indices `(n, k)` long, table `(m, d)`, rows `(n, d)` -> `(n, k)`.
-    This is the gradient of `gather_sum` with respect to its weights, so it reuses the fused
-    embedding-bag kernel for that gradient.
+    This is the gradient of `gather_sum` with respect to its weights: the embedding-bag kernel for
+    that gradient is called directly (half the time of going through autograd, which first runs the
+    bag forward), else through autograd.
     """
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    try:
+        offsets = torch.arange(0, n * k, k, device=flat.device)
+        bag_of = torch.arange(n, device=flat.device).repeat_interleave(k)
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            rows.to(table.dtype).contiguous(), table.detach(), flat, offsets, bag_of, 0, -1)
+        return out.view(n, k)
+    except (AttributeError, RuntimeError, TypeError):  # a torch without this kernel's signature
+        pass
     with torch.enable_grad():
         w = torch.ones(indices.shape, dtype=table.dtype, device=table.device, requires_grad=True)
         out = F.embedding_bag(indices, table.detach(), per_sample_weights=w, mode="sum")
@@ -76,23 +93,64 @@ def gather_dot(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
     return grad
 
 
+GROUPS = 4  # group size of `select_topk`
+ENCODE_BLOCK_FLOATS = 2**22  # pre-activations per encoder block on the CPU (16 MB in float32)
+ENCODE_MIN_ROWS = 1024  # rows per block at least: each block reads all of W_enc, so it must be long
+
+
+def select_topk(a: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The `k` largest entries of each row of `a (n, m)`: (values `(n, k)`, indices `(n, k)`), unordered.
+
+    Equal to `torch.topk(a, k, sorted=False)` up to the order within a row (and which of tied entries
+    is kept). Row entries are split into `GROUPS`-sized interleaved groups `{j, j + w, j + 2w, ...}`
+    (`w = m / GROUPS`). Every group holding one of the top `k` has a maximum at least the `k`-th
+    largest value, and at most `k` groups hold them, so the `k` groups with the largest maxima
+    (found the same way, recursively) contain the top `k`: only their `k * GROUPS` members are
+    ranked. Falls back to `torch.topk` off the CPU (its selection is already a radix select) and
+    where the groups would be too few.
+    """
+    n, m = a.shape
+    w = m // GROUPS
+    if a.device.type != "cpu" or m % GROUPS or w < 4 * k:
+        return torch.topk(a, k, dim=-1, sorted=False)
+    _, group = select_topk(a.view(n, GROUPS, w).amax(1), k)
+    members = (group.unsqueeze(-1) + torch.arange(0, m, w)).reshape(n, k * GROUPS)
+    values, pos = torch.topk(torch.gather(a, 1, members), k, dim=-1, sorted=False)
+    return values, torch.gather(members, 1, pos)
+
+
 _buffers = threading.local()
 
 
 def _scratch(n: int, m: int, like: Tensor) -> Tensor:
-    """An `(n, m)` buffer for the pre-activations, reused from call to call on this thread (CPU only).
+    """An `(n, m)` buffer for one block of pre-activations, reused from call to call on this thread.
 
-    The pre-activations are read once by `topk` and never saved, so one buffer serves every step.
-    On the CPU a fresh `(n, d_sae)` tensor per step costs a page fault per 4 KiB on first write
-    (a 4096 x 4608 float32 batch: 75 MB, about a tenth of the step); CUDA's caching allocator
-    already reuses its blocks.
+    The pre-activations are read once by the selection and never saved, so one buffer serves every
+    block and step: a fresh tensor per step costs a page fault per 4 KiB on first write.
     """
-    if like.device.type != "cpu":
-        return torch.empty((n, m), dtype=like.dtype, device=like.device)
     buf = getattr(_buffers, "pre", None)
     if buf is None or buf.dtype != like.dtype or buf.numel() < n * m:
         buf = _buffers.pre = torch.empty(n * m, dtype=like.dtype)
     return buf[: n * m].view(n, m)
+
+
+def encode_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-`k` pre-activations of `x_c @ W_enc + b_enc` per row, not yet ReLU'd: (values, indices) `(n, k)`.
+
+    CPU: in row blocks of about `ENCODE_BLOCK_FLOATS` pre-activations, each selected while in cache.
+    Elsewhere: one matmul and `torch.topk`.
+    """
+    if x_c.device.type != "cpu":
+        return torch.topk(torch.addmm(b_enc, x_c, W_enc), k, dim=-1, sorted=False)
+    n, m = x_c.shape[0], W_enc.shape[1]
+    step = max(ENCODE_MIN_ROWS, ENCODE_BLOCK_FLOATS // m)
+    values = torch.empty(n, k, dtype=x_c.dtype)
+    indices = torch.empty(n, k, dtype=torch.long)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        pre = torch.addmm(b_enc, x_c[rows], W_enc, out=_scratch(rows.stop - start, m, x_c))
+        values[rows], indices[rows] = select_topk(pre, k)
+    return values, indices
 
 
 class TopKEncode(torch.autograd.Function):
@@ -114,8 +172,7 @@ class TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int):
         x_c = x - b_dec
-        pre = torch.addmm(b_enc, x_c, W_enc, out=_scratch(x_c.shape[0], W_enc.shape[1], x_c))
-        values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+        values, indices = encode_topk(x_c, W_enc, b_enc, k)
         values = values.relu_()
         ctx.save_for_backward(x_c, W_enc, values, indices)
         ctx.mark_non_differentiable(indices)
@@ -128,7 +185,8 @@ class TopKEncode(torch.autograd.Function):
         g = grad_values * (values > 0)  # ReLU gradient
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
         if ctx.needs_input_grad[1]:
-            # (d_sae, d_in) transposed: the layout of a W_enc made as W_dec.T, so autograd keeps it as is
+            # made latent by latent, (d_sae, d_in) rows: the memory layout of a W_enc made as W_dec.T, so
+            # autograd keeps it as is (a W_enc in another layout gets a copy)
             grad_W = scatter_sum(indices, g, x_c, d_sae).t()
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             col_sum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))

@@ -60,43 +60,24 @@ number of points (the folders are per point; `out_dir` must be visible to every 
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from interp import distributed
-from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.manifest import make_manifest
 from saes.architectures import SAE, SAEConfig
-from saes.checkpoint import (CHECKPOINT, StopSignals, Terminated, has_checkpoint, load_checkpoint, resumable, save_checkpoint,
-                             shard_files)
+from saes.checkpoint import StopSignals, Terminated, load_checkpoint, resumable, save_checkpoint, shard_files
 from saes.data_parallel import broadcast_trainer, local_rows
-from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
+from saes.run_folder import RUN_FILES, check_out_dir, holds_run, point_folder, save_run, save_sharded_run
 from saes.stream import ActivationSource, cat, chain, open_at, pick, rebatch, rows
 from saes.trainer import TrainConfig, Trainer, default_lr
 
-__all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "default_lr", "point_folder", "save_run", "split_points",
-           "train_sae", "train_saes"]
-
-COUNTERS_FILENAME = "latent_counters.safetensors"
-# What a run leaves in its folder (besides the SAE files): removed first when overwriting.
-RUN_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, CHECKPOINT, "checkpoint.json", TRAINING_FILENAME, COUNTERS_FILENAME,
-             "results.json", "report.html")
-
-
-def point_folder(point: str) -> str:
-    """The folder name of `point`'s SAE under a multi-point run's `out_dir` (the point name, made path-safe)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", point)
-
-
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a saved SAE or a training checkpoint."""
-    return (folder / CFG_FILENAME).exists() or has_checkpoint(folder)
-
+__all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "check_out_dir", "default_lr", "holds_run", "point_folder",
+           "save_run", "split_points", "train_sae", "train_saes"]
 
 def check_shard_latents(n: int, world_size: int, arch: str, d_sae: int | None = None) -> None:
     """InterpError (one line) when `n` latent ranks cannot shard an `arch` SAE of `d_sae` latents over `world_size` ranks."""
@@ -126,16 +107,6 @@ def split_points(points: list[str], w: distributed.World) -> list[str]:
         raise InterpError(f"--distribute-points gives every rank its own hook points, but {n} point{'s' if n != 1 else ''} "
                           f"cannot go to {w.size} ranks: name at least {w.size} points in --hook, or start fewer ranks")
     return points[w.rank * n // w.size : (w.rank + 1) * n // w.size]
-
-
-def check_out_dir(folder: Path, resume: bool, overwrite: bool) -> None:
-    """InterpError when training into `folder` would replace a run the caller did not ask to replace."""
-    if resume and overwrite:
-        raise InterpError("resume and overwrite exclude each other: resume continues the run in the folder, overwrite replaces it")
-    if folder.exists() and not folder.is_dir():
-        raise InterpError(f"{folder} is a file, not a folder: choose another --out")
-    if holds_run(folder) and not resume and not overwrite:
-        raise InterpError(f"{folder} already holds an SAE run: pass --resume to continue it, --overwrite to replace it, or choose another --out")
 
 
 def train_saes(
@@ -360,7 +331,7 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
             raise InterpError("the activation source yielded no activations: check the data source and token budget")
         with stop.busy():
             if sharded:
-                saes = {p: _save_sharded_run(t, folders[p], w) for p, t in trainers.items()}
+                saes = {p: save_sharded_run(t, folders[p], w) for p, t in trainers.items()}
             elif independent:
                 saes = distributed.on_some(lambda: {p: save_run(t, folders[p]) for p, t in trainers.items()}, w, True)
             else:
@@ -375,42 +346,3 @@ def _checkpoint_due(tcfg: TrainConfig, step: int, saved_step: int, saved_at: flo
     by_steps = bool(tcfg.checkpoint_every) and step % tcfg.checkpoint_every == 0
     by_time = tcfg.checkpoint_minutes is not None and time.monotonic() - saved_at >= 60 * tcfg.checkpoint_minutes
     return by_steps or by_time
-
-
-def save_run(trainer: Trainer, folder: Path) -> SAE:
-    """Save the final checkpoint, the SAE, its latent counters and `training.json`."""
-    save_checkpoint(trainer, folder)
-    sae = trainer.final_sae()
-    _write_run(trainer, folder, sae, trainer.since_fired, trainer.dead_latents())
-    return sae
-
-
-def _save_sharded_run(trainer, folder: Path, w: distributed.World) -> SAE | None:
-    """A latent-sharded run's end (every rank): shard checkpoints, then the full SAE gathered and saved by rank 0."""
-    distributed.on_some(lambda: save_checkpoint(trainer, folder), w, trainer.data_rank == 0)
-    if trainer.data_rank != 0:  # the other data ranks hold copies of the same shards
-        return distributed.on_main(lambda: None, w)
-    sae, counters, dead = trainer.final_sae(), trainer.full_since_fired(), trainer.dead_latents()
-
-    def write() -> SAE:
-        _write_run(trainer, folder, sae, counters, dead)
-        return sae
-
-    return distributed.on_main(write, w)
-
-
-def _write_run(trainer: Trainer, folder: Path, sae: SAE, counters, dead: dict) -> None:
-    """The SAE, its `(d_sae,)` latent counters and `training.json`."""
-    save_sae(sae, folder)
-    write_safetensors(folder / COUNTERS_FILENAME, {"tokens_since_fired": counters})
-    write_json(folder / TRAINING_FILENAME, {
-        "tokens": trainer.tokens,
-        "steps": trainer.step,
-        "lr": trainer.lr,
-        "warmup_steps": trainer.warmup_steps,
-        "decay_steps": trainer.decay_steps,
-        "final": trainer.stats,
-        "dead_latents": {**dead, "rule": f"not fired in the last {dead['window_tokens']:,} training tokens"},
-        "history": trainer.history,
-        "train_cfg": asdict(trainer.tcfg),
-    })

@@ -124,13 +124,51 @@ class Trainer:
             torch.manual_seed(train_cfg.seed)
             self.sae = make_sae(sae_cfg)
         self.sae.to(self.device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(train_cfg.beta1, train_cfg.beta2))
+        self.opt = self.make_adam()
         self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.scale = 1.0
         self.step = 0
         self.tokens = 0
         self.stats: dict[str, float] = {}
         self.history: list[dict[str, float]] = []  # self.stats with step and tokens, every 10 steps
+
+    def make_adam(self) -> torch.optim.Adam:
+        """Adam over the SAE's parameters, with the fused kernel (one pass per tensor) on CPU and CUDA.
+
+        The fused kernel copies a tensor that is not row-major to a row-major one and back, and `W_enc`
+        is stored transposed (its sparse gradient is made latent by latent, `(d_sae, d_in)` rows): so
+        Adam is given `W_enc`'s memory as the row-major `(d_sae, d_in)` view (`adam_views`), whose
+        gradient is the parameter's gradient viewed the same way. Moments are read and written
+        through `adam_state` / `set_adam_state`, in the parameter's shape.
+        """
+        self.adam_views = {p: _row_major(p) for p in self.sae.parameters()}
+        fused = True if self.device.type in ("cpu", "cuda") else None
+        return torch.optim.Adam(list(self.adam_views.values()), lr=self.lr, betas=(self.tcfg.beta1, self.tcfg.beta2),
+                                fused=fused)
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of the SAE's parameters and of Adam's views of them."""
+        self.sae.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
+
+    def adam_state(self, p: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+        """Adam's state of parameter `p` (`step`, `exp_avg`, `exp_avg_sq`, moments in `p`'s shape); {} before its first step."""
+        view = self.adam_views[p]
+        st = self.opt.state.get(view, {})
+        if not st or view is p:
+            return dict(st)
+        return {**st, "exp_avg": st["exp_avg"].t(), "exp_avg_sq": st["exp_avg_sq"].t()}
+
+    def set_adam_state(self, p: torch.nn.Parameter, step: float, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+        """Set Adam's state of parameter `p` (moments in `p`'s shape, e.g. from a checkpoint)."""
+        view = self.adam_views[p]
+        as_view = (lambda t: t.t()) if view is not p else (lambda t: t)
+        fused = bool(self.opt.param_groups[0].get("fused"))
+        self.opt.state[view] = {
+            "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu"),
+            "exp_avg": torch.empty_like(view).copy_(as_view(exp_avg)),
+            "exp_avg_sq": torch.empty_like(view).copy_(as_view(exp_avg_sq)),
+        }
 
     @property
     def lr(self) -> float:
@@ -211,7 +249,7 @@ class Trainer:
         sae = self.sae
         dead = self.since_fired >= self.dead_after
         log = (self.step + 1) % 10 == 1 or self.step + 1 == self.total_steps
-        self.opt.zero_grad(set_to_none=True)
+        self.zero_grad()
         out = None
         sae.global_rows = n if self.world.parallel else None
         if x.shape[0]:
@@ -263,7 +301,15 @@ class Trainer:
             g = sae.W_dec.grad
             if g is not None:
                 rows = sae.W_dec
-                g -= (g * rows).sum(1, keepdim=True) * rows
+                along = torch.linalg.vecdot(g, rows, dim=1).unsqueeze(1)  # (d_sae, 1) row . gradient
+                g.addcmul_(along, rows, value=-1)
+        for p, view in self.adam_views.items():
+            g = p.grad if view is p or p.grad is None else p.grad.t()
+            if g is not None and g.stride() != view.stride():
+                # the fused kernel assumes one memory order for the tensor, its gradient and its moments
+                # (a gradient in another, e.g. after the data-parallel all-reduce, gets wrong updates)
+                g = torch.empty_like(view).copy_(g)
+            view.grad = g
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()
@@ -294,3 +340,10 @@ class Trainer:
         sae.fold_input_scale(self.scale)
         return sae.eval()
 
+
+def _row_major(p: torch.nn.Parameter) -> torch.Tensor:
+    """`p` itself when row-major; for a 2-D parameter stored transposed, its memory as a row-major tensor
+    (sharing storage, so Adam's in-place update changes `p`)."""
+    if p.is_contiguous() or p.ndim != 2 or not p.t().is_contiguous():
+        return p
+    return p.detach().t()

@@ -389,3 +389,23 @@ def test_a_shard_file_the_manifest_never_counted_is_ignored_and_replaced(tiny_mo
     resumed = build_store(tiny_model, POINTS, corpus, 900, tmp_path / "b", **KW)
     for p in POINTS:
         assert torch.equal(resumed.tensor(p), one_go.tensor(p))
+
+
+def test_harvest_gathers_and_shuffles_blocks_on_the_batches_device(tiny_model, corpus, monkeypatch):
+    """Rows go from the forward to the device the batches are for (on a GPU: no round trip through host
+    memory). Here that device is `meta`: every capture is asked for it, never for the CPU, and the
+    batches arrive there with the shapes a CPU harvest gives."""
+    asked = []
+    capture = acts_mod.token_activations
+
+    def spy(hm, tokens, names, dtype, device="cpu"):
+        asked.append(torch.device(device))
+        return capture(hm, tokens, names, dtype, device=device)
+
+    monkeypatch.setattr(acts_mod, "token_activations", spy)
+    kwargs = dict(ctx_len=16, batch_size=4, out_batch_size=128, shuffle_buffer_tokens=300)
+    on_meta = list(harvest(tiny_model, POINTS, corpus, 900, device="meta", **kwargs))
+    assert asked and set(asked) == {torch.device("meta")}
+    on_cpu = list(harvest(tiny_model, POINTS, corpus, 900, device="cpu", **kwargs))
+    assert [{p: (b[p].device.type, b[p].shape) for p in POINTS} for b in on_meta] == \
+           [{p: ("meta", b[p].shape) for p in POINTS} for b in on_cpu]

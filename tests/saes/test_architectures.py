@@ -7,7 +7,8 @@ import torch
 
 from interp.errors import InterpError
 from saes.architectures import ARCHS, SAEConfig, make_sae, sae_from_tensors
-from saes.sparse import gather_dot, gather_sum, scatter_sum, sparse_decode, topk_encode
+import saes.sparse as sparse
+from saes.sparse import encode_topk, gather_dot, gather_sum, scatter_sum, select_topk, sparse_decode, topk_encode
 from saes.train import TrainConfig, Trainer
 
 
@@ -125,6 +126,33 @@ def test_sparse_primitives_match_dense():
     assert torch.allclose(gather_sum(idx, w, table), dense @ table)
     assert torch.allclose(scatter_sum(idx, w, rows, m), dense.t() @ rows)
     assert torch.allclose(gather_dot(idx, table, rows), torch.einsum("nd,nkd->nk", rows, table[idx]))
+
+
+@pytest.mark.parametrize("m, k", [(4608, 32), (1024, 8), (4096, 64), (1000, 7), (96, 40)])
+def test_select_topk_keeps_what_torch_topk_keeps(m, k):
+    """Grouped selection (recursing twice at 4608 latents, once at 1024, not at all at 96) keeps the
+    same values as torch.topk, the indices point at them, and rows full of ties still get k distinct
+    latents holding the top values."""
+    torch.manual_seed(m)
+    a = torch.randn(300, m)
+    a[:10] = torch.randint(0, 3, (10, m)).float()  # heavy ties
+    values, indices = select_topk(a, k)
+    reference = torch.topk(a, k, dim=-1).values
+    assert torch.equal(values.sort(-1).values, reference.sort(-1).values)
+    assert torch.equal(torch.gather(a, 1, indices), values)
+    assert all(len(set(row.tolist())) == k for row in indices)
+
+
+def test_blocked_encoder_equals_one_matmul(monkeypatch):
+    """The CPU encoder's row blocks (here 7 rows, the last one short) give the top k of the full product."""
+    torch.manual_seed(2)
+    x, W, b = torch.randn(45, 16), torch.randn(16, 640), torch.randn(640)
+    monkeypatch.setattr(sparse, "ENCODE_BLOCK_FLOATS", 7 * 640)
+    monkeypatch.setattr(sparse, "ENCODE_MIN_ROWS", 1)
+    values, indices = encode_topk(x, W, b, 9)
+    reference = torch.topk(torch.addmm(b, x, W), 9, dim=-1).values
+    assert torch.allclose(values.sort(-1).values, reference.sort(-1).values, atol=1e-5)
+    assert torch.allclose(torch.gather(torch.addmm(b, x, W), 1, indices), values, atol=1e-5)
 
 
 def test_sparse_backward_equals_dense_autograd():

@@ -45,7 +45,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_matches_fp32_quality():
     for name, p in half.sae.named_parameters():
         assert p.dtype == torch.float32, name
         assert p.grad is not None and p.grad.dtype == torch.float32, name
-        state = half.opt.state[p]
+        state = half.adam_state(p)
         assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32, name
     # (b) the same quality as float32 on held-out data.
     held_out = _data(4096, seed=2)

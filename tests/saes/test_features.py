@@ -83,7 +83,7 @@ def test_top_contexts_hold_the_maximum_activations(tiny_model, sae, data):
 
 def test_logit_effects_match_hand_computation(tiny_model, sae):
     W_U = tiny_model.unembed._original_component.weight.detach().t()  # the HF lm_head, (d_model, d_vocab)
-    norm_w = tiny_model.ln_final._original_component.weight.detach()
+    norm_w = tiny_model.ln_final._original_component.weight.detach().clone()  # restored after
     plain = logit_weights(sae, tiny_model, [2, 5], use_final_norm=False)
     torch.testing.assert_close(plain, sae.W_dec.detach()[[2, 5]] @ W_U, rtol=1e-5, atol=1e-5)
     with torch.no_grad():

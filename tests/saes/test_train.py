@@ -128,13 +128,15 @@ def test_second_ctrl_c_during_a_step_waits_for_the_step(tmp_path, monkeypatch):
 
 
 def test_checkpoints_by_wall_clock(tmp_path, monkeypatch):
+    import saes.run_folder
     import saes.train
 
     clock = iter(range(0, 10**6, 20))  # every reading of the clock is 20 s later
     monkeypatch.setattr(saes.train.time, "monotonic", lambda: next(clock))
     saved = []
     real_save = saes.train.save_checkpoint
-    monkeypatch.setattr(saes.train, "save_checkpoint", lambda t, folder: (saved.append(t.step), real_save(t, folder)))
+    for module in (saes.train, saes.run_folder):  # checkpoints during the run, and the final one
+        monkeypatch.setattr(module, "save_checkpoint", lambda t, folder: (saved.append(t.step), real_save(t, folder)))
     D = _dictionary(200, 32)
     cfg = SAEConfig(d_in=32, d_sae=128, arch="topk", k=4)
     tcfg = TrainConfig(n_tokens=256 * 20, batch_size=256, lr=3e-3, checkpoint_every=0, checkpoint_minutes=1.0, init_tokens=512, device="cpu")
@@ -272,6 +274,48 @@ def test_active_subspace_initialisation_puts_decoder_rows_in_data_span():
     assert outside.norm(dim=1).max().item() < 1e-4
     assert torch.allclose(W.norm(dim=1), torch.ones(256), atol=1e-5)
     assert torch.allclose(trainer.sae.b_dec, (sample * trainer.scale).mean(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_fused_adam_steps_like_torch_adam_whatever_the_moments_layout(arch):
+    """The trainer's Adam (fused kernel, W_enc through its row-major view) equals plain torch Adam on
+    the parameters; moments set in another memory layout (as a checkpoint loads them) and gradients
+    in another layout (as the data-parallel all-reduce leaves them) change nothing."""
+    torch.manual_seed(0)
+    mix = torch.randn(32, 32) * torch.logspace(0, -1.5, 32)[:, None]
+    data = [torch.randn(256, 32) @ mix + 0.5 for _ in range(12)]
+    cfg = SAEConfig(d_in=32, d_sae=256, arch=arch, k=8)
+    tcfg = TrainConfig(n_tokens=256 * 12, batch_size=256, lr=1e-3, device="cpu", dead_after_tokens=512)
+
+    def run(plain: bool, relayout: bool) -> Trainer:
+        t = Trainer(cfg, tcfg)
+        if plain:
+            t.opt = torch.optim.Adam(t.sae.parameters(), lr=t.lr, betas=(0.9, 0.999), foreach=False)
+            t.adam_views = {p: p for p in t.sae.parameters()}
+        t.initialise(data[0])
+        for i, batch in enumerate(data):
+            if relayout and i == 6:
+                for p in t.sae.parameters():
+                    st = t.adam_state(p)
+                    t.set_adam_state(p, float(st["step"]), st["exp_avg"].contiguous(), st["exp_avg_sq"].contiguous())
+            if relayout and i >= 6:
+                original = t.apply_update
+
+                def apply_update(fired, n, original=original):
+                    for p in t.sae.parameters():  # row-major gradients, whatever the parameter's layout
+                        p.grad = p.grad.contiguous()
+                    original(fired, n)
+
+                t.apply_update = apply_update
+            t.train_step(batch)
+        return t
+
+    plain, fused, relaid = run(True, False), run(False, False), run(False, True)
+    assert fused.opt.param_groups[0]["fused"] and not fused.sae.W_enc.is_contiguous()
+    for name, p in plain.sae.named_parameters():
+        q, r = dict(fused.sae.named_parameters())[name], dict(relaid.sae.named_parameters())[name]
+        assert torch.allclose(p, q, atol=1e-5), name
+        assert torch.equal(q, r), name
 
 
 def test_lr_schedule_warms_up_and_decays_to_zero():
