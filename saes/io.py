@@ -26,6 +26,7 @@ a BatchTopK file without a threshold is refused (it would run as a plain ReLU SA
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -33,12 +34,13 @@ from typing import Any
 
 import torch
 
+from interp.activations import point_shapes
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.hooks import HookManager
 from interp.manifest import check_compatible as check_manifest
 from interp.manifest import make_manifest
-from interp.models import model_device, model_name
+from interp.models import model_name
 from saes.architectures import SAE, SAEConfig, sae_from_tensors
 
 CFG_FILENAME = "cfg.json"
@@ -261,17 +263,12 @@ def _fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def point_width(hm: HookManager, point: str) -> int | None:
-    """The width `d` of the activation at `point`, from a one-token forward (None if unknown)."""
-    model = hm.model
+    """The width `d` of one token's activation at `point`, flattened as harvests and stores flatten it
+    (`(heads, d_head)` -> `heads * d_head`); None if unknown (not a TransformerLens model).
+    InterpError for a point that is not one row per token (e.g. an attention pattern)."""
     if not hm.is_bridge:
         return None
-    tok = getattr(model, "tokenizer", None)
-    first = 0
-    if tok is not None:
-        first = tok.bos_token_id if tok.bos_token_id is not None else (tok.eos_token_id or 0)
-    device = model_device(model)
-    acts = hm.collect(torch.tensor([[first]], device=device), point)
-    return int(acts[point].shape[-1])
+    return math.prod(point_shapes(hm, point)[hm.resolve(point)[0]])
 
 
 def sae_manifest(sae: SAE) -> dict[str, Any]:

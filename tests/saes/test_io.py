@@ -353,3 +353,17 @@ def test_unsupported_saelens_architecture_raises(tmp_path):
     (tmp_path / CFG_FILENAME).write_text(json.dumps(cfg))
     with pytest.raises(InterpError, match="SAELens 'gated' SAE, which this project cannot run"):
         load_sae(tmp_path)
+
+
+def test_point_width_is_the_flattened_row_a_store_holds(tiny_model):
+    """An SAE's d_in for a point is the width of the rows harvests and stores make there (the product of
+    the per-token shape), and a point that is not one row per token is refused with one line."""
+    from interp.activations import point_shapes
+    from saes.io import point_width
+
+    hm = HookManager(tiny_model)
+    for point, width in [("blocks.0.hook_resid_post", 64), ("blocks.1.mlp.hook_post", 128), ("blocks.0.attn.hook_k", 32)]:
+        shape = point_shapes(hm, point)[point]
+        assert point_width(hm, point) == width == int(torch.tensor(shape).prod())
+    with pytest.raises(InterpError, match="hook_rot_q gives activations of shape"):
+        point_width(hm, "blocks.0.attn.hook_rot_q")
