@@ -1,9 +1,16 @@
 """`torchrun -m interp sae train` end to end on SmolLM2: two ranks train the one-process SAE.
 
 Streamed from the built-in corpus (no store): the two ranks split the model's forwards on every
-shuffle block, exchange the rows and train data-parallel; the saved SAE must equal the SAE one
-process trains with the same command, up to float rounding (the ranks run the model on other
-batch compositions, which moves activations in the last bits).
+shuffle block, exchange the rows and train data-parallel; the saved SAE must be the SAE one process
+trains with the same command. Not bit for bit: the ranks run the model on other batch compositions,
+which moves activations by ~1e-5, and a token whose k-th and (k+1)-th latents (or a pre-activation
+and 0) are that close then keeps another latent. Adam's first update of a parameter is about
+lr * sign(gradient) whatever the gradient's size, so such a flip moves a few latents by ~lr, and the
+shared reconstruction spreads it (measured between two one-process runs that differ only in thread
+count: 4 latents moved at step 4 of 23, max weight difference 4e-2 at the end, median decoder-row
+cosine 0.99985). With identical data the ranks equal one process to 6e-8
+(tests/saes/test_distributed.py); here the two SAEs must agree latent for latent (decoder rows) and
+in held-out quality, and their dead-latent counters must agree.
 """
 
 from __future__ import annotations
@@ -35,11 +42,30 @@ def test_two_ranks_stream_and_train_the_one_process_sae(tmp_path):
     one, two = (load_file(str(tmp_path / name / "sae_weights.safetensors")) for name in ("one", "two"))
     assert one.keys() == two.keys()
     diffs = {k: (one[k] - two[k]).abs().max().item() for k in one}
-    scale = {k: one[k].abs().max().item() for k in one}
-    print("max abs diff per tensor, 2 ranks vs 1 process:", {k: f"{v:.1e} (of {scale[k]:.2g})" for k, v in diffs.items()})
-    # 23 Adam steps from the same start on activations equal to ~1e-6 (measured: 5e-5 of scales 0.25-55).
-    assert all(diffs[k] <= 1e-3 * scale[k] for k in one)
-    # The ranks' counters are kept in step by the fired-mask all-reduce: the same as one process's for
-    # (nearly) every latent.
+    cosine = torch.nn.functional.cosine_similarity(one["W_dec"], two["W_dec"], dim=1)
+    fvu = {name: _heldout_fvu(tmp_path / name) for name in ("one", "two")}
     a, b = (load_file(str(tmp_path / name / "latent_counters.safetensors"))["tokens_since_fired"] for name in ("one", "two"))
-    assert (a == b).float().mean().item() >= 0.95
+    same_counters = (a == b).float().mean().item()
+    print(f"2 ranks vs 1 process: max abs weight diff {max(diffs.values()):.1e}; decoder-row cosine median "
+          f"{cosine.median().item():.5f}, >= 0.99 for {(cosine >= 0.99).float().mean().item():.1%}; held-out FVU "
+          f"{fvu['one']:.4f} vs {fvu['two']:.4f}; counters equal for {same_counters:.1%}")
+    assert cosine.median().item() >= 0.999 and (cosine >= 0.99).float().mean().item() >= 0.9
+    assert abs(fvu["one"] - fvu["two"]) <= 0.01
+    # The ranks' counters are kept in step by the fired-mask all-reduce.
+    assert same_counters >= 0.9
+
+
+def _heldout_fvu(folder) -> float:
+    """FVU of the SAE in `folder` on 2,000 tokens of layer-3 activations after the training text."""
+    from interp.activations import harvest
+    from interp.models import load_model
+    from saes.io import load_sae
+
+    model = load_model("default", device="cpu")
+    # one context per shuffle block: rows in text order, so the skip passes the 24,000 training tokens
+    batches = harvest(model, "blocks.3.hook_resid_post", "builtin", 32000, ctx_len=128, shuffle_buffer_tokens=127,
+                      skip_tokens=30000, out_batch_size=2000)
+    x = torch.cat([b["blocks.3.hook_resid_post"] for b in batches])
+    with torch.no_grad():
+        x_hat = load_sae(folder)(x)
+    return ((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
