@@ -32,7 +32,7 @@ def parse_args(argv):
     p.add_argument("--tokens", type=int, default=40_000)
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=1024, help="SAE training batch (tokens)")
+    p.add_argument("--batch-size", type=int, default=4096, help="SAE training batch (tokens; `interp sae train`'s default)")
     p.add_argument("--model-batch", type=int, default=8, help="contexts per model forward")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared by both threads)")
