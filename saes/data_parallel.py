@@ -46,8 +46,9 @@ def local_rows(batch: Any, w: World) -> Any:
 
 
 def reduce_step(sae: torch.nn.Module, fired: torch.Tensor, n_local: int, n_global: int,
-                stats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All-reduce one step in one collective; gradients are replaced by their global value.
+                stats: torch.Tensor | None, group: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All-reduce one step over `group` (None: every rank) in one collective; gradients are replaced
+    by their global value.
 
     Gradients are weighted `n_local / n_global` and summed (the gradient of the mean loss over the
     global batch); `fired (d_sae,)` bool is OR-ed; floating buffers are averaged; `stats` (already
@@ -57,11 +58,11 @@ def reduce_step(sae: torch.nn.Module, fired: torch.Tensor, n_local: int, n_globa
     buffers = [b for b in sae.buffers() if b.is_floating_point()]
     weight = n_local / n_global
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() * weight for p in params]
-    parts += [b.reshape(-1).float() / distributed.world().size for b in buffers]
+    parts += [b.reshape(-1).float() / distributed.world(group).size for b in buffers]
     parts.append(fired.float())
     if stats is not None:
         parts.append(stats.float())
-    flat = distributed.all_reduce(torch.cat(parts))
+    flat = distributed.all_reduce(torch.cat(parts), group=group)
     at = 0
     for t in params + buffers:
         piece = flat[at : at + t.numel()].view_as(t).to(t.dtype)

@@ -20,7 +20,7 @@ from torch import Tensor
 from interp import distributed
 from interp.distributed import World
 from saes.architectures import SAE, SAEConfig
-from saes.data_parallel import local_rows
+from saes.data_parallel import local_rows, reduce_step
 from saes.sharded import ShardedTopK, _randn_rows
 from saes.trainer import TrainConfig, Trainer
 
@@ -101,13 +101,9 @@ class ShardedTrainer(Trainer):
             out = sae.training_loss(x, dead=dead, aux_k=self.aux_k, aux_coefficient=self.tcfg.aux_coefficient)
             out.loss.backward()
         fired = out.fired if out is not None else torch.zeros(sae.m, dtype=torch.bool, device=self.device)
-        with torch.no_grad():
-            if self.dp > 1:
-                share = x.shape[0] / n
-                for p in sae.parameters():
-                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad * share
-                    distributed.all_reduce(p.grad, group=self.data_group)
-                fired = distributed.all_reduce(fired.to(torch.uint8), "max", self.data_group).bool()
+        if self.dp > 1:
+            with torch.no_grad():
+                fired, _ = reduce_step(sae, fired, x.shape[0], n, None, group=self.data_group)
         self.apply_update(fired, n)  # this rank's shard: rows, Adam state and counters are all local
         if self.step % 10 == 1 or self.step == self.total_steps:
             # this data rank's batch slice: figures of the global batch would need one more all-reduce
