@@ -143,13 +143,12 @@ class ShardedTopK(nn.Module):
         self.W_dec = nn.Parameter(torch.zeros(self.m, cfg.d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
 
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def d_sae(self) -> int:
-        return self.cfg.d_sae
+    # What does not depend on the sharding is the unsharded SAE's own code (it reads only `cfg`,
+    # `W_enc` and `W_dec`): the sizes, the input check and the unit-norm rows (rows are independent).
+    d_in = SAE.d_in
+    d_sae = SAE.d_sae
+    _flat = SAE._flat
+    normalize_decoder = SAE.normalize_decoder
 
     @property
     def local(self) -> slice:
@@ -198,12 +197,6 @@ class ShardedTopK(nn.Module):
         return sae_from_tensors(replace(self.cfg), {k: v.cpu() for k, v in tensors.items()}).to(self.W_enc.device)
 
     # --- forward ------------------------------------------------------------------------------
-    def _flat(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.d_in:
-            raise InterpError(f"activations have last dimension {x.shape[-1]} but the sharded SAE expects d_in={self.d_in}; "
-                              "use an SAE trained on this hook point and model")
-        return x.reshape(-1, self.d_in).to(self.W_enc.dtype)
-
     def _b_dec_in(self) -> Tensor:
         """`b_dec` as the encoder subtracts it, its gradient summed over the shards."""
         if not self.cfg.apply_b_dec_to_input:
@@ -238,12 +231,20 @@ class ShardedTopK(nn.Module):
             _, top_values, top_idx = self._select(values, local + self.offset, self.cfg.k)
         return top_values, top_idx
 
+    def _reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Encode this shard, select the global top k, decode the winners and sum over the ranks.
+
+        x `(n, d_in)` -> x_hat `(n, d_in)` (the same on every rank), this rank's candidate values and
+        local indices `(n, K)`, which of them won `(n, K)` bool, and the winners' values `(n, k)`.
+        """
+        values, local = topk_encode(x, self.W_enc, self.b_enc, self._b_dec_in(), min(self.cfg.k, self.m))
+        keep, top_values, _ = self._select(values, local + self.offset, self.cfg.k)
+        x_hat = _SumOverRanks.apply(sparse_decode(values * keep, local, self.W_dec), self.group) + self.b_dec
+        return x_hat, values, local, keep, top_values
+
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of the full SAE, x `(n, d_in)` -> `(n, d_in)`, the same on every rank (a collective)."""
-        x = self._flat(x)
-        values, local = topk_encode(x, self.W_enc, self.b_enc, self._b_dec_in(), min(self.cfg.k, self.m))
-        keep, _, _ = self._select(values, local + self.offset, self.cfg.k)
-        return _SumOverRanks.apply(sparse_decode(values * keep, local, self.W_dec), self.group) + self.b_dec
+        return self._reconstruct(self._flat(x))[0]
 
     def training_loss(self, x: Tensor, dead: Tensor | None = None, aux_k: int = 512, aux_coefficient: float = 1 / 32) -> TrainOutput:
         """`TopKSAE.training_loss` of the full SAE on a batch x `(n, d_in)` (the same on every rank).
@@ -252,10 +253,7 @@ class ShardedTopK(nn.Module):
         `terms` are the full SAE's; `fired` `(m,)` covers this rank's latents.
         """
         x = self._flat(x)
-        K = min(self.cfg.k, self.m)
-        values, local = topk_encode(x, self.W_enc, self.b_enc, self._b_dec_in(), K)
-        keep, top_values, _ = self._select(values, local + self.offset, self.cfg.k)
-        x_hat = _SumOverRanks.apply(sparse_decode(values * keep, local, self.W_dec), self.group) + self.b_dec
+        x_hat, values, local, keep, top_values = self._reconstruct(x)
         residual = x - x_hat
         mse = residual.pow(2).sum(-1).mean()
         terms = {}
@@ -300,8 +298,3 @@ class ShardedTopK(nn.Module):
         recon = _SumOverRanks.apply(partial, self.group)
         scale = min(n_dead / aux_k, 1.0)
         return scale * (recon - residual).pow(2).sum(-1).mean()
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        """Rescale this rank's decoder rows to unit norm (rows are independent)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
