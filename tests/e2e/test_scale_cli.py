@@ -43,7 +43,8 @@ def test_two_ranks_stream_and_train_the_one_process_sae(tmp_path):
     assert one.keys() == two.keys()
     diffs = {k: (one[k] - two[k]).abs().max().item() for k in one}
     cosine = torch.nn.functional.cosine_similarity(one["W_dec"], two["W_dec"], dim=1)
-    fvu = {name: _heldout_fvu(tmp_path / name) for name in ("one", "two")}
+    x = _heldout_rows()
+    fvu = {name: _fvu(tmp_path / name, x) for name in ("one", "two")}
     a, b = (load_file(str(tmp_path / name / "latent_counters.safetensors"))["tokens_since_fired"] for name in ("one", "two"))
     same_counters = (a == b).float().mean().item()
     print(f"2 ranks vs 1 process: max abs weight diff {max(diffs.values()):.1e}; decoder-row cosine median "
@@ -55,17 +56,22 @@ def test_two_ranks_stream_and_train_the_one_process_sae(tmp_path):
     assert same_counters >= 0.9
 
 
-def _heldout_fvu(folder) -> float:
-    """FVU of the SAE in `folder` on 2,000 tokens of layer-3 activations after the training text."""
+def _heldout_rows() -> torch.Tensor:
+    """2,000 tokens of layer-3 activations `(2000, 576)` after the training text."""
     from interp.activations import harvest
     from interp.models import load_model
-    from saes.io import load_sae
 
     model = load_model("default", device="cpu")
     # one context per shuffle block: rows in text order, so the skip passes the 24,000 training tokens
     batches = harvest(model, "blocks.3.hook_resid_post", "builtin", 32000, ctx_len=128, shuffle_buffer_tokens=127,
                       skip_tokens=30000, out_batch_size=2000)
-    x = torch.cat([b["blocks.3.hook_resid_post"] for b in batches])
+    return torch.cat([b["blocks.3.hook_resid_post"] for b in batches])
+
+
+def _fvu(folder, x: torch.Tensor) -> float:
+    """FVU of the SAE in `folder` on the rows `x`."""
+    from saes.io import load_sae
+
     with torch.no_grad():
         x_hat = load_sae(folder)(x)
     return ((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
