@@ -294,23 +294,10 @@ def on_main(fn: Callable[[], T], w: World) -> T | None:
     """Run `fn` on rank 0 only; every rank returns once it is done (rank 0 gets its result).
 
     Rank 0's failure is shared: its InterpError is raised on every rank with the same message,
-    any other exception as an InterpError naming it (rank 0 re-raises the original).
+    any other exception as an InterpError naming it (rank 0 re-raises the original). `on_some`
+    with rank 0 selected.
     """
-    if not w.parallel:
-        return fn()
-    result, error, original = None, None, None
-    if w.is_main:
-        try:
-            result = fn()
-        except Exception as exc:
-            error, original = _describe(exc, w), exc
-    box = [error]
-    collective(lambda: dist.broadcast_object_list(box, src=0))
-    if original is not None:
-        raise original
-    if box[0] is not None:
-        raise InterpError(box[0])
-    return result
+    return on_some(fn, w, w.is_main)
 
 
 def on_some(fn: Callable[[], T], w: World, selected: bool) -> T | None:
