@@ -10,7 +10,7 @@ LOCK := .ci/requirements.lock
 SAELENS_LOCK := .ci/saelens.lock
 LATEST := .venv-latest
 
-.PHONY: setup demo test test-latest lock bench bench-quality clean
+.PHONY: setup demo test test-kernels test-latest lock bench bench-quality clean
 
 setup: $(VENV)/.installed
 
@@ -36,10 +36,24 @@ demo: setup
 	$(VENV)/bin/interp sae features $(OUT)/sae --tokens 20000
 	@echo "demo outputs: $(OUT)/sae (SAE + report.html), $(OUT)/sae/dashboard.html"
 
-# The SAELens venv lets the file-format interop tests run (they skip without it).
+# The SAELens venv lets the file-format interop tests run (they skip without it). Then the fast
+# unit tests again under other CPUs' kernels (test-kernels), so a test that holds only on this CPU fails here.
 test: setup
 	SAELENS_LOCK=$(SAELENS_LOCK) bash benchmarks/saelens_env.sh
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-kernels
+
+# ATEN_CPU_CAPABILITY makes PyTorch run the kernels another CPU would (avx2: a CPU without AVX-512;
+# default: no vector extensions): float rounding, reduction orders and tie-breaks change with them.
+# A capability equal to this machine's own was covered by the run above and is not repeated.
+KERNELS ?= avx2 default
+test-kernels: setup
+	@native=$$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())'); \
+	for cap in $(KERNELS); do \
+		if [ "$$cap" = "$$native" ]; then echo "ATEN_CPU_CAPABILITY=$$cap is this CPU's own: covered by the run above"; continue; fi; \
+		echo "fast unit tests with ATEN_CPU_CAPABILITY=$$cap (this CPU: $$native)"; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -m "not slow" tests || exit 1; \
+	done
 
 # The same suite on the newest versions the project's ranges allow (not CI: it is not
 # deterministic). Run it before a release and whenever transformers, transformer-lens or

@@ -24,7 +24,7 @@ import torch
 from interp import HookManager, load_model
 from interp.data import load_labelled
 from probes import harvest, probe_activations, probe_layers
-from probes.sweep import tokenize_texts
+from interp.readout import tokenize
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     texts, labels = load_labelled("builtin:sentiment")
     texts, labels = texts[: args.n], labels[: args.n]
     points = hm.resolve("resid_post:all")
-    tokens, lengths = tokenize_texts(model, texts)
+    tokens, lengths = tokenize(model, texts)
     order = torch.argsort(lengths, stable=True)
     batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from interp.cli_common import DATA_HELP, DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, HOOKS_HELP, MODEL_HELP, TEXT_FIELD_HELP, console
+from interp.cli_aliases import rewrite
 from interp.errors import InterpError
 
 try:  # recent typer vendors its own click
@@ -28,18 +29,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-
-MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
-DTYPE_HELP = "the model's weights: float32, bfloat16 or float16 (bfloat16 halves GPU memory)"
-DEVICE_MAP_HELP = "spread a model too large for one device over several with accelerate: auto, balanced, ... (instead of --device)"
 
 
 @app.command()
 def inspect(
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     all_points: bool = typer.Option(False, "--all", help="list every hook point name instead of one row per kind"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if present)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Show the model's size and its hook points (names and activation shapes)."""
     import torch
@@ -90,15 +86,16 @@ def inspect(
 def cache(
     out: Path = typer.Option(..., "--out", "-o", help="store folder to write (manifest.json + shards)"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
-    hooks: str = typer.Option("resid_post:15", "--hooks", help="hook points: names or selectors, ';'-separated"),
-    data: str = typer.Option("builtin", "--data", help="builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"),
+    hooks: str = typer.Option("resid_post:15", "--hooks", help=HOOKS_HELP),
+    data: str = typer.Option("builtin", "--data", help=DATA_HELP),
     tokens: int = typer.Option(100_000, "--tokens", help="token activations to store (BOS excluded)"),
     ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
-    batch_size: int = typer.Option(8, "--batch-size", help="contexts per forward pass"),
-    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    batch_contexts: int = typer.Option(8, "--batch-contexts", help="contexts per forward pass"),
+    text_field: str = typer.Option("text", "--text-field", help=TEXT_FIELD_HELP),
     store_dtype: str = typer.Option("float32", "--store-dtype", help="stored dtype: float32, float16 or bfloat16 (halves the store; the precision loss is measured and printed)"),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="continue an interrupted store at --out"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if present)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the (interrupted or smaller) store at --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the store already at --out"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
 ) -> None:
@@ -109,13 +106,15 @@ def cache(
 
     if tokens <= 0:
         raise InterpError(f"--tokens must be positive, got {tokens}")
+    if resume and overwrite:
+        raise InterpError("--resume and --overwrite exclude each other: --resume continues the store at --out, --overwrite replaces it")
     stored = resolve_dtype(store_dtype)
     bridge = load_model(model, device=device, dtype=dtype, device_map=device_map)
     try:
-        store = build_store(bridge, hooks.split(";"), data, tokens, out, ctx_len=ctx_len, batch_size=batch_size,
-                            dtype=stored, text_field=text_field, resume=resume)
+        store = build_store(bridge, hooks.split(";"), data, tokens, out, ctx_len=ctx_len, batch_size=batch_contexts,
+                            dtype=stored, text_field=text_field, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
-        console.print(f"interrupted: completed shards are kept in {out}; run the same command again to resume")
+        console.print(f"interrupted: completed shards are kept in {out}; run the same command with --resume to continue")
         raise
     widths = ", ".join(f"{p} width {w}" for p, w in store.widths.items())
     console.print(f"stored {store.n_tokens:,} tokens x {len(store.points)} point(s) ({widths}) in {out}")
@@ -124,29 +123,33 @@ def cache(
                       f"largest absolute error {loss['max_abs_error']:.3g}")
 
 
+COMMANDS_GROUP = "interp.commands"  # entry points: `register(app)` of each package that adds commands
 _mounted = False
 
 
 def _mount() -> None:
-    """Add the SAE, probe, concept and steering commands (imported here so `interp` alone stays light)."""
+    """Add the core's steering commands, then every package's own (imported here so `interp` alone stays light).
+
+    A package adds its commands through an entry point in the `interp.commands` group (pyproject.toml):
+    a function `register(app)` that adds them to this app. The core imports no package of those.
+    """
     global _mounted
     if _mounted:
         return
     _mounted = True
-    from interp.cli_steer import app as steer_app
-    from probes.cli import register as register_probes
-    from probes.cli_concepts import register as register_concepts
-    from saes.cli import app as sae_app
+    from importlib.metadata import entry_points
 
-    app.add_typer(sae_app, name="sae")
-    register_probes(app)
-    register_concepts(app)
+    from interp.cli_steer import app as steer_app
+
     app.add_typer(steer_app, name="steer")
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        ep.load()(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `interp` console script; returns the exit status."""
     _mount()
+    argv = rewrite(sys.argv[1:] if argv is None else list(argv))
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from interp import cli_steer_methods as methods
+from interp.cli_common import DEVICE_HELP, MODEL_HELP, TEXT_FIELD_HELP
 from interp.errors import InterpError
 
 ALPHA_HELP = (
@@ -24,6 +25,7 @@ ALPHA_HELP = (
 )
 UNIT_HELP = "How to read alpha: vector (multiples of the stored vector) or norm (multiples of the mean residual norm)."
 POSITIONS_HELP = "Where to add the vector: all, prompt (prompt tokens only) or generated (new tokens only)."
+CORE_METHODS = ("mean-diff", "pca", "lineas")  # others (sae-features) are registered by their packages
 
 app = typer.Typer(
     help="Steering vectors: build from contrast sets, generate with them, evaluate their effect.\n\n" + ALPHA_HELP,
@@ -68,119 +70,90 @@ def _contrast_texts(positive: str, negative: Optional[str], text_field: str) -> 
     return read_texts(positive, text_field), read_texts(negative, text_field)
 
 
-def _points(model, layer: Optional[str], hook: Optional[str]) -> list[str]:
+def _points(model, layer: Optional[str], hooks: Optional[str]) -> list[str]:
     from interp.hooks import HookManager
 
-    if (layer is None) == (hook is None):
-        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hook POINT")
+    if (layer is None) == (hooks is None):
+        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hooks POINTS")
     hm = HookManager(model)
-    return hm.resolve(f"resid_post:{layer}" if layer is not None else hook)
+    return hm.resolve(f"resid_post:{layer}" if layer is not None else hooks)
 
 
 @app.command()
 def build(
     positive: str = typer.Option(..., help="Positive texts: .txt (one per line), .jsonl (text field), or builtin:sentiment."),
     negative: Optional[str] = typer.Option(None, help="Negative texts (same formats); omit with builtin:sentiment."),
-    out: Path = typer.Option(..., help="Folder to write vector.safetensors + vector.json into."),
-    model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write vector.safetensors + vector.json (or a LinEAS folder) into"),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     layer: Optional[str] = typer.Option(None, help="Layer(s) whose resid_post to steer: N, A-B or A,B."),
-    hook: Optional[str] = typer.Option(None, help="Hook point(s) instead of --layer, e.g. blocks.6.hook_resid_post."),
+    hooks: Optional[str] = typer.Option(None, "--hooks", help="hook point(s) instead of --layer: names or selectors SITE:LAYERS, e.g. "
+                                        "blocks.6.hook_resid_post"),
     method: str = typer.Option("mean-diff", help="mean-diff (CAA), pca (first PC of paired differences), lineas (per-dimension "
                                "affine maps fitted end to end, negative -> positive; writes a LinEAS folder) or sae-features "
                                "(decoder rows of the SAE latents that best separate the sets; needs --sae)."),
     pool: str = typer.Option("mean", help="Token pooling per text: mean (over non-BOS tokens) or last; lineas also tokens, "
                              "sae-features also max."),
-    text_field: str = typer.Option("text", help="Field holding the text in .jsonl files."),
-    batch_size: int = typer.Option(16, help="Texts per forward pass."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+    text_field: str = typer.Option("text", "--text-field", help=TEXT_FIELD_HELP),
+    batch_texts: int = typer.Option(16, "--batch-texts", help="texts per forward pass"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     steps: int = typer.Option(100, help="lineas: optimisation steps."),
     lr: float = typer.Option(0.02, help="lineas: Adam learning rate."),
     lambda_group: float = typer.Option(0.05, help="lineas: group-lasso weight (whole layers stay at identity)."),
     lambda_l1: float = typer.Option(0.0, "--lambda-l1", help="lineas: L1 weight (single dimensions stay at identity)."),
-    seed: int = typer.Option(0, help="lineas: seed of the fit."),
-    sae: Optional[Path] = typer.Option(None, help="sae-features: SAE folder; its hook point is used unless --layer/--hook is given."),
+    seed: int = typer.Option(0, "--seed", help="lineas: random seed of the fit"),
+    sae: Optional[Path] = typer.Option(None, help="sae-features: SAE folder; its hook point is used unless --layer/--hooks is given."),
     n_features: int = typer.Option(8, help="sae-features: latents to combine."),
     criterion: str = typer.Option("effect_size", help="sae-features: how latents are ranked: effect_size (Cohen's d), paired (d_z of "
                                   "line-paired sets) or mean_diff."),
 ) -> None:
     """Build a steering vector (or LinEAS maps) from positive and negative texts."""
     from interp import steering
+    from interp.steering import extensions
 
-    if method not in ("mean-diff", "pca", "lineas", "sae-features"):
-        raise InterpError(f"unknown --method {method!r}: use mean-diff, pca, lineas or sae-features")
+    plugged = None if method in CORE_METHODS else extensions.method(method, CORE_METHODS)
+    options = {"sae": sae, "n_features": n_features, "criterion": criterion, "pool": pool}
     if method == "lineas":
         methods.check_lineas_options(pool, steps, lr, lambda_group, lambda_l1)
-    elif method == "sae-features":
-        methods.check_sae_options(sae, n_features, criterion, pool)
+    elif plugged is not None:
+        plugged.check(**options)
     elif sae is not None:
         raise InterpError(f"--sae is only used with --method sae-features (got --method {method})")
     pos, neg = _contrast_texts(positive, negative, text_field)
     lm = _load(model, device)
     spec = {"positive": positive, "negative": negative, "model_spec": model}
-    if method == "sae-features":
-        point = None if layer is None and hook is None else _points(lm, layer, hook)
-        if point is not None and len(point) != 1:
-            raise InterpError(f"--method sae-features reads one hook point (the SAE's); got {point}")
-        methods.build_sae_features(lm, pos, neg, sae, point[0] if point else None, out, n_features, criterion, pool,
-                                   batch_size, spec)
+    if plugged is not None:
+        points = None if layer is None and hooks is None else _points(lm, layer, hooks)
+        vector, summary = plugged.build(lm, pos, neg, points, batch_size=batch_texts, **options)
+        vector.params.update(spec)
+        vector.save(out)
+        typer.echo(f"wrote {out}/vector.safetensors and vector.json: {summary}")
         return
-    points = _points(lm, layer, hook)
+    points = _points(lm, layer, hooks)
     if method == "lineas":
         methods.build_lineas(lm, pos, neg, points, out, pool, steps, lr, lambda_group, lambda_l1, seed, spec)
         return
     builder = steering.mean_diff if method == "mean-diff" else steering.pca_diff
-    vector = builder(lm, pos, neg, points, pool=pool, batch_size=batch_size)
+    vector = builder(lm, pos, neg, points, pool=pool, batch_size=batch_texts)
     vector.params.update({"positive": positive, "negative": negative, "model_spec": model})
     vector.save(out)
     norms = ", ".join(f"{p} |v|={n:.3g} (resid {vector.resid_norms.get(p, float('nan')):.3g})" for p, n in vector.norms.items())
     typer.echo(f"wrote {out}/vector.safetensors and vector.json: {vector.method} from {len(pos)}+{len(neg)} texts; {norms}")
 
 
-def _probe_vector(lm, probe_dir: Path, point: str):
-    """The probe direction at `point` as a steering vector, after checking the probe's manifest
-    (model, point, width) against the loaded model."""
-    from interp.hooks import HookManager
-    from interp.models import model_name
-    from interp.steering import from_direction
-
-    try:
-        from probes.results import probe_direction
-    except ImportError as exc:
-        raise InterpError("--probe needs the probes package, which is not importable here: reinstall interp") from exc
-    name = HookManager(lm).resolve(point)[0]
-    direction, meta = probe_direction(probe_dir, name, model_name(lm), int(lm.cfg.d_model))
-    return from_direction(direction, name, str(meta["manifest"]["model"] or model_name(lm)), method="probe",
-                          data_fingerprint=meta["manifest"].get("data_fingerprint"), probe=str(probe_dir))
-
-
-def _sae_vector(lm, sae_dir: Path, feature: int):
-    from interp.steering import from_sae_feature
-
-    try:
-        from saes.io import load_sae
-    except ImportError as exc:
-        raise InterpError("--sae needs the saes package, which is not importable here: reinstall interp") from exc
-    sae = load_sae(sae_dir)
-    n = int(sae.W_dec.shape[0])
-    if not 0 <= feature < n:
-        raise InterpError(f"--feature {feature} is out of range: the SAE in {sae_dir} has {n} latents (0 to {n - 1})")
-    return from_sae_feature(sae.W_dec[feature].detach().float(), sae.cfg.hook_name, str(sae.cfg.model_name), feature=feature)
-
-
 @app.command()
 def generate(
     prompt: str = typer.Option(..., help="Prompt text."),
-    model: str = typer.Option("default", help="Model: default (SmolLM2-135M), a local HF directory or a hub name."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     vector: Optional[Path] = typer.Option(None, help="Steering vector folder (from `interp steer build`), or a LinEAS folder "
                                           "(--method lineas; --alpha is then the map's strength, 0 = unsteered, 1 = fitted)."),
     sae: Optional[Path] = typer.Option(None, help="SAE folder; steer along the decoder row of --feature."),
     feature: Optional[int] = typer.Option(None, help="SAE latent index (with --sae)."),
-    probe: Optional[Path] = typer.Option(None, help="Probe folder (directions.safetensors); steer along --point's direction."),
-    point: Optional[str] = typer.Option(None, help="Hook point of the probe direction (with --probe)."),
+    probe: Optional[Path] = typer.Option(None, help="Probe folder (directions.safetensors); steer along its direction at --hook."),
+    hook: Optional[str] = typer.Option(None, "--hook", help="with --probe: the hook point whose probe direction to steer along"),
     alpha: str = typer.Option("0", help=ALPHA_HELP),
     alpha_unit: str = typer.Option("vector", help=UNIT_HELP),
     max_new_tokens: int = typer.Option(40, help="Tokens to generate."),
-    seed: int = typer.Option(0, help="Random seed (set before each run, so runs are comparable)."),
+    seed: int = typer.Option(0, "--seed", help="random seed (set before each run, so runs are comparable)"),
     temperature: float = typer.Option(0.7, help="Sampling temperature; 0 is greedy."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
     top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens."),
@@ -188,10 +161,10 @@ def generate(
     norm_preserve: bool = typer.Option(False, "--norm-preserve", help="Rescale each steered activation to its original norm."),
     compare: bool = typer.Option(False, "--compare", help="Show the unsteered and steered continuations side by side."),
     no_kv_cache: bool = typer.Option(False, "--no-kv-cache", help="Generate without the KV cache (slower; for checking the cached path)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Generate text, optionally steered by a vector, an SAE feature or a probe direction."""
-    from interp.steering import SteeringVector, generate as steer_generate
+    from interp.steering import SteeringVector, extensions, generate as steer_generate
 
     a = _number(alpha, "--alpha")
     sources = [s for s in (vector, sae, probe) if s is not None]
@@ -199,8 +172,8 @@ def generate(
         raise InterpError("give only one of --vector, --sae or --probe")
     if sae is not None and feature is None:
         raise InterpError("--sae needs --feature N (the latent to steer along)")
-    if probe is not None and point is None:
-        raise InterpError("--probe needs --point (the hook point whose direction to use)")
+    if probe is not None and hook is None:
+        raise InterpError("--probe needs --hook (the hook point whose direction to use)")
     from interp.steering.lineas import is_lineas_folder
 
     lineas = vector is not None and is_lineas_folder(vector)
@@ -212,9 +185,9 @@ def generate(
         methods.generate_lineas(lm, vector, prompt, a, kwargs, compare, alpha_unit, positions, norm_preserve)
         return
     if sae is not None:
-        vec = _sae_vector(lm, sae, feature)
+        vec = extensions.source("sae")(lm, sae, feature)
     elif probe is not None:
-        vec = _probe_vector(lm, probe, point)
+        vec = extensions.source("probe")(lm, probe, hook)
     kwargs.update(positions=positions, norm_preserve=norm_preserve, alpha_unit=alpha_unit)
     steered = steer_generate(lm, prompt, vec, a, **kwargs)
     methods.show_generation(lm, prompt, steered, kwargs, f"steered (alpha {a:g}, unit {alpha_unit})", compare)
@@ -223,8 +196,8 @@ def generate(
 @app.command("eval")
 def evaluate(
     vector: Path = typer.Option(..., help="Steering vector folder (from `interp steer build`)."),
-    out: Path = typer.Option(..., help="Folder for results.json and report.html."),
-    model: str = typer.Option("default", help="Model the vector was built for."),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for results.json and report.html"),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP + " (the model the vector was built for)"),
     prompts: str = typer.Option("builtin", help="Prompts: builtin (neutral openings) or a .txt/.jsonl file."),
     alphas: str = typer.Option("-8,-4,0,4,8", help="Comma list of alphas to compare (0 = unsteered)."),
     alpha_unit: str = typer.Option("vector", help=UNIT_HELP),
@@ -234,12 +207,12 @@ def evaluate(
     positions: str = typer.Option("all", help=POSITIONS_HELP),
     norm_preserve: bool = typer.Option(False, "--norm-preserve", help="Rescale each steered activation to its original norm."),
     labelled: Optional[str] = typer.Option(None, help="Labelled data for the probe scorer: .jsonl/.csv/.tsv/.parquet (text, label 0|1) or builtin:NAME (default: builtin:sentiment)."),
-    probe_point: Optional[str] = typer.Option(None, help="Hook point the probe scorer reads (default: the vector's first point)."),
+    hook: Optional[str] = typer.Option(None, "--hook", help="the hook point the probe scorer reads (default: the vector's first point)"),
     no_probe: bool = typer.Option(False, "--no-probe", help="Score with the lexicon only."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA if present)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Measure a vector's effect against alpha with scorers independent of it, plus fluency."""
-    from interp.steering import SteeringVector, check_compatible
+    from interp.steering import SteeringVector, check_vector
     from interp.steering import BUILTIN_PROMPTS, LexiconScorer, evaluate as run_eval, fit_sentiment_probe, read_texts, write_eval_report
 
     alpha_list = _alphas(alphas)
@@ -253,11 +226,11 @@ def evaluate(
                           "--alpha STRENGTH, or benchmarks/bench_lineas_vs_meandiff.py to score them")
     vec = SteeringVector.load(vector)
     lm = _load(model, device)
-    check_compatible(lm, vec)
+    check_vector(lm, vec)
     scorers = {"lexicon": LexiconScorer()}
     probe_info = None
     if not no_probe:
-        probe = fit_sentiment_probe(lm, probe_point or vec.points[0], vec, labelled)
+        probe = fit_sentiment_probe(lm, hook or vec.points[0], vec, labelled)
         scorers["probe_p_positive"] = probe
         probe_info = {"point": probe.point, "test_accuracy": probe.test_accuracy_, "n_train": probe.n_train_, "n_test": probe.n_test_}
         typer.echo(f"probe scorer at {probe.point}: held-out accuracy {probe.test_accuracy_:.3f} ({probe.n_test_} texts)")

@@ -1,5 +1,6 @@
-"""The literature methods behind `interp steer build --method lineas|sae-features`, LinEAS in
-`interp steer generate`, and `interp steer export|import --gguf` (llama.cpp control vectors).
+"""The literature methods behind `interp steer build --method lineas`, LinEAS in `interp steer generate`,
+and `interp steer export|import --gguf` (llama.cpp control vectors). SAE latents (`--method sae-features`)
+come from `saes.cli_steer`, through `interp.steering.extensions`.
 
 Mistakes a user can make raise `InterpError`; `interp.cli.main` prints it on one line and exits 1.
 """
@@ -14,7 +15,6 @@ import typer
 from interp.errors import InterpError
 
 LINEAS_POOLS = ("mean", "last", "tokens")
-SAE_POOLS = ("mean", "max", "last")
 
 
 def check_lineas_options(pool: str, steps: int, lr: float, lambda_group: float, lambda_l1: float) -> None:
@@ -41,39 +41,6 @@ def build_lineas(lm: Any, pos: list[str], neg: list[str], points: list[str], out
     active = ", ".join(f"{p} {n}/{maps.d_model}" for p, n in maps.active_dims().items())
     typer.echo(f"wrote {out}/lineas.safetensors and lineas.json: LinEAS from {len(neg)} negative (source) to {len(pos)} positive "
                f"(target) texts; loss {maps.params['loss_before']:.4g} -> {maps.params['loss_after']:.4g}; active dims {active}")
-
-
-def build_sae_features(lm: Any, pos: list[str], neg: list[str], sae_dir: Path, point: Optional[str], out: Path, n_features: int,
-                       criterion: str, pool: str, batch_size: int, spec: dict) -> None:
-    """A vector from the SAE latents that best separate the sets (LF-Steering); save it to `out`."""
-    from interp.steering.sae_select import sae_feature_vector
-
-    try:
-        from saes.io import load_sae
-    except ImportError as exc:
-        raise InterpError("--method sae-features needs the saes package, which is not importable here: reinstall interp") from exc
-    sae = load_sae(sae_dir)
-    vector = sae_feature_vector(lm, sae, pos, neg, n_features=n_features, criterion=criterion, pool=pool, point=point,
-                                batch_size=batch_size, progress=True)
-    vector.params.update(spec)
-    vector.save(out)
-    latents = ", ".join(f"{j} ({s:+.2f})" for j, s in zip(vector.params["latents"], vector.params["scores"]))
-    typer.echo(f"wrote {out}/vector.safetensors and vector.json: sae_features at {vector.points[0]} from "
-               f"{len(vector.params['latents'])} latents of {sae_dir} by {criterion} (score): {latents}; "
-               f"|v|={vector.norms[vector.points[0]]:.3g}")
-
-
-def check_sae_options(sae: Optional[Path], n_features: int, criterion: str, pool: str) -> None:
-    from interp.steering.sae_select import CRITERIA
-
-    if sae is None:
-        raise InterpError("--method sae-features needs --sae DIR (an SAE folder, e.g. from `interp sae train`)")
-    if n_features < 1:
-        raise InterpError(f"--n-features must be at least 1, got {n_features}")
-    if criterion not in CRITERIA:
-        raise InterpError(f"unknown --criterion {criterion!r}: use {', '.join(CRITERIA)}")
-    if pool not in SAE_POOLS:
-        raise InterpError(f"unknown --pool {pool!r} for --method sae-features: use {', '.join(SAE_POOLS)}")
 
 
 def generate_lineas(lm: Any, folder: Path, prompt: str, strength: float, kwargs: dict, compare: bool, alpha_unit: str,
@@ -112,8 +79,10 @@ def show_generation(lm, prompt: str, steered: str, kwargs: dict[str, Any], label
 
 
 def export_command(
-    vector: Path = typer.Argument(..., help="Steering vector folder (from `interp steer build`)."),
-    out: Path = typer.Option(..., help="The .gguf file to write."),
+    folder: Optional[Path] = typer.Argument(None, metavar="[VECTOR]", help="Steering vector folder (from `interp steer build`); "
+                                            "or give it as --vector"),
+    vector: Optional[Path] = typer.Option(None, "--vector", help="steering vector folder (from `interp steer build`)"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .gguf file to write"),
     gguf: bool = typer.Option(False, "--gguf", help="Write a llama.cpp control vector (the one export format; implied by --out *.gguf)."),
     model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (default: the vector's model name; "
                                              "repeng writes the model_type, e.g. llama)."),
@@ -129,7 +98,9 @@ def export_command(
         raise InterpError("give --gguf or an --out file ending in .gguf: llama.cpp control vectors are the one export format")
     if not math.isfinite(scale):
         raise InterpError(f"--scale must be a finite number, got {scale}")
-    vec = SteeringVector.load(vector)
+    if (folder is None) == (vector is None):
+        raise InterpError("give the steering vector folder once: as the argument (steer export DIR) or as --vector DIR")
+    vec = SteeringVector.load(folder or vector)
     layers = gguf_layers(vec)
     export_gguf(vec, out, model_hint=model_hint, scale=scale)
     typer.echo(f"wrote {out}: {len(layers)} direction(s) for llama.cpp layers {', '.join(map(str, layers))} "
@@ -138,7 +109,7 @@ def export_command(
 
 def import_command(
     path: Path = typer.Argument(..., help="A llama.cpp control-vector .gguf file (written here, by repeng or llama.cpp)."),
-    out: Path = typer.Option(..., help="Steering vector folder to write (vector.safetensors + vector.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="steering vector folder to write (vector.safetensors + vector.json)"),
     gguf: bool = typer.Option(True, "--gguf", help="Read a llama.cpp control vector (the one import format)."),
 ) -> None:
     """Import a llama.cpp control vector (GGUF) as a steering vector folder."""

@@ -134,6 +134,13 @@ def load_labelled(source: str, text_field: str = "text", label_field: str = "lab
     return texts, labels
 
 
+def recordable(source: str) -> str:
+    """`source` as an artifact records it: a local file by its absolute path (so the record still
+    finds it from another working directory), anything else as given."""
+    path = _local_path(source) if not source.startswith("builtin") else None
+    return str(path.resolve()) if path is not None else source
+
+
 def fingerprint(source: str, text_field: str = "text") -> str:
     """A short content hash of a data source, for manifests (hub sources: their name)."""
     h = hashlib.sha256(f"{text_field}\0".encode())

@@ -15,7 +15,7 @@ seen by both). It is cached on the bridge; if the bridge's tensors are later rep
 `.to(device)` that swaps buffers, new `Parameter` objects), the copy is rebuilt on the next call.
 Whatever changes the bridge's computation without touching those tensors (weight processing,
 compatibility mode, split-QKV inputs, training mode, a hook on the bridge or its HookPoints)
-sends `applies` to False, and the caller takes the bridge path.
+sends `applies` to False, and `HookManager.collect`, the one caller, takes the bridge path.
 
 Only model types whose activations were shown to be bit-identical (`torch.equal`) to the
 bridge's `run_with_cache` at every supported site are served here (`PROVEN_MODEL_TYPES`). GPT-2
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
-from interp.hooks import HookManager, Positions, StopForward, select_positions
+from interp.forward import Positions, StopForward, select_positions
 
 # A model type joins only together with a test proving torch.equal against run_with_cache.
 PROVEN_MODEL_TYPES = frozenset({"llama"})
@@ -157,8 +157,9 @@ def _hooked(modules: Sequence[nn.Module]) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules)
 
 
-def applies(hm: HookManager, names: Sequence[str]) -> bool:
-    """True when `collect` gives exactly what `hm.collect` would for `names` (full point names).
+def applies(hm: Any, names: Sequence[str]) -> bool:
+    """True when `collect` gives exactly what capturing through `hm`'s hooks would (a `HookManager`;
+    `names`: full point names).
 
     Needs a bridge of a proven model type in its default state, only the five residual sites,
     and no hook on the bridge or any of its HookPoints (an edit, steer or capture in effect must

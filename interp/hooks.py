@@ -19,7 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from interp import fastpath
 from interp.errors import InterpError
+from interp.forward import Positions, StopForward, select_positions
+from interp.models import model_device
 
 SITES = {
     "resid_pre": "hook_resid_pre",
@@ -30,25 +33,11 @@ SITES = {
 }
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
-Positions = int | slice | Sequence[int] | None
 EditFn = Callable[[torch.Tensor], torch.Tensor | None]
-
-
-class StopForward(Exception):
-    """Raised inside a hook to end the forward pass once every requested point is captured."""
 
 
 class Capture(dict):
     """Activations captured during the `with` block, by point name: `(batch, pos, d)` tensors."""
-
-
-def select_positions(act: torch.Tensor, positions: Positions) -> torch.Tensor:
-    """`act (batch, pos, d)` at `positions` (None: all; an int drops the position axis)."""
-    if positions is None:
-        return act
-    if isinstance(positions, (int, slice)):
-        return act[:, positions]
-    return act[:, list(positions)]
 
 
 def _split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
@@ -58,6 +47,13 @@ def _split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0], lambda new: type(output)((new, *output[1:]))
     raise InterpError(f"cannot hook a module whose output is {type(output).__name__}: pick a module that returns a tensor")
+
+
+def layer_of(point: str) -> int | None:
+    """The block index of a TransformerLens point name (`blocks.12.hook_resid_post` -> 12), or None
+    for a point outside the blocks."""
+    m = _LAYER_RE.match(point)
+    return int(m.group(1)) if m else None
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
@@ -103,6 +99,7 @@ class HookManager:
         else:
             self._points = {name: mod for name, mod in model.named_modules() if name}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.last_route: str | None = None  # "plain" or "bridge": how the last `collect` ran
 
     # ------------------------------------------------------------------ names
     @property
@@ -120,8 +117,7 @@ class HookManager:
 
     def layer_of(self, point: str) -> int | None:
         """The block index a point belongs to, or None for points outside the blocks."""
-        m = _LAYER_RE.match(point)
-        return int(m.group(1)) if m else None
+        return layer_of(point)
 
     def resolve(self, points: str | Sequence[str]) -> list[str]:
         """Expand selectors into point names, validating each; order kept, duplicates dropped."""
@@ -233,8 +229,25 @@ class HookManager:
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> Capture:
-        """One forward pass of `inputs`, stopped after the last requested point; returns the capture."""
-        with torch.no_grad(), self.capture(points, positions, device, dtype, stop_early=True) as store:
+        """One forward pass of `inputs`, stopped after the last requested point; returns the capture.
+
+        Token ids `(batch, pos)` of a bridge are moved to the model's device first. Where it is exact,
+        the forward runs the plain HuggingFace modules instead of the bridge (`interp.fastpath`: the
+        residual sites of proven architectures, with no hook in effect; bit-identical values, less
+        time); `last_route` then says `"plain"`, else `"bridge"`.
+        """
+        names = self.resolve(points)
+        if self.is_bridge and isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
+            inputs = inputs.to(model_device(self.model))
+            if not kwargs and fastpath.applies(self, names):
+                self.last_route = "plain"
+                return Capture(fastpath.collect(self.model, inputs, names, positions=positions, device=device, dtype=dtype))
+        self.last_route = "bridge"
+        return self._collect_hooked(inputs, names, positions, device, dtype, **kwargs)
+
+    def _collect_hooked(self, inputs: Any, names: list[str], positions: Positions, device, dtype, **kwargs: Any) -> Capture:
+        """`collect` through this manager's hooks on the model's own forward."""
+        with torch.no_grad(), self.capture(names, positions, device, dtype, stop_early=True) as store:
             self.forward(inputs, **kwargs)
         return store
 

@@ -9,7 +9,7 @@ made it with the same five fields:
     data_fingerprint  `interp.data.fingerprint` of the text it was made from (None: no data)
     ctx_len           context length in tokens, BOS included (None: not a fixed length)
 
-`check_compatible(have, want, what)` compares an artifact's manifest with what the caller is about
+`check_manifest(have, want, what)` compares an artifact's manifest with what the caller is about
 to do and raises one `InterpError` that names every field that differs. A field the caller sets to
 None in `want` is not checked (an SAE applied to new text does not care about the text it was
 trained on); `want`'s points must be among `have`'s, with equal widths.
@@ -60,7 +60,7 @@ def differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def check_compatible(have: Mapping[str, Any], want: Mapping[str, Any], what: str, fix: str = "") -> None:
+def check_manifest(have: Mapping[str, Any], want: Mapping[str, Any], what: str, fix: str = "") -> None:
     """Raise InterpError when the artifact `what` (manifest `have`) cannot serve `want`.
 
     The message lists every differing field (`have` value vs wanted value) and ends with `fix`

@@ -19,9 +19,8 @@ and pooling reads only real positions. The tokenizer's own `padding_side` is ign
 sorted by length before batching (less padding) and results come back in input order, so the
 batch size does not change them beyond float rounding.
 
-Capture. Each batch runs one forward through `HookManager` capturing every requested point and
-stopping after the deepest; residual points of proven architectures run the plain HuggingFace
-modules (`interp.fastpath`, bit-identical to the bridge).
+Capture. Each batch runs one forward through `HookManager.collect` capturing every requested point
+and stopping after the deepest (where exact, through the plain HuggingFace modules: `interp.fastpath`).
 """
 
 from __future__ import annotations
@@ -33,10 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp import fastpath
 from interp.data import bos_id
 from interp.errors import InterpError
-from interp.hooks import HookManager, Positions
+from interp.forward import Positions
+from interp.hooks import HookManager
 from interp.models import model_device
 
 Pool = str | int
@@ -144,13 +143,10 @@ def capture(
     device: str | torch.device | None = "cpu",
     dtype: torch.dtype | None = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """One forward of `tokens` `(batch, pos)` capturing `names`: `{name: (batch, pos, d)}`.
+    """One forward of `tokens` `(batch, pos)` capturing `names`: `{name: (batch, pos, d)}`, float32 by default.
 
-    Stops after the deepest point; takes `interp.fastpath` where it applies (same values).
+    `HookManager.collect`, which stops after the deepest point and takes the exact fast path itself.
     """
-    tokens = tokens.to(model_device(hm.model))
-    if fastpath.applies(hm, names):
-        return fastpath.collect(hm.model, tokens, names, positions=positions, device=device, dtype=dtype)
     return hm.collect(tokens, names, positions=positions, device=device, dtype=dtype)
 
 

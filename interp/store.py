@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.activations import point_shapes, token_rows
 from interp.atomic import atomic_path, write_json
-from interp.data import fingerprint, token_batches
+from interp.data import fingerprint, recordable, token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
 from interp.manifest import differences, make_manifest
@@ -255,6 +255,7 @@ def build_store(
     shard_contexts: int = 128,
     resume: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ActivationStore:
     """Harvest `n_tokens` token activations at `points` into a store at `out`, in data order.
 
@@ -262,8 +263,8 @@ def build_store(
     `(rows, width)` per point) and is written atomically before the manifest records it, so an
     interrupted harvest (Ctrl-C, a kill) resumes at the first missing shard and the finished
     store equals one harvested in one go. Reusing a store checks its manifest first (schema
-    fields, dtype, shard size, text field); `resume=False` on an existing store is an error
-    rather than an overwrite, and so is a non-empty folder that holds no store.
+    fields, dtype, shard size, text field); `resume=False` on an existing store is an error unless
+    `overwrite`, which deletes it first; a non-empty folder that holds no store is always refused.
     """
     if n_tokens <= 0:
         raise InterpError(f"token count must be positive, got {n_tokens}")
@@ -284,15 +285,18 @@ def build_store(
         "shapes": {n: list(s) for n, s in shapes.items()},
         **settings,
         "n_tokens": n_tokens,
-        "data": source,
+        "data": recordable(source),
         "bos_excluded": True,
     }
     shard_rows = shard_contexts * (ctx_len - 1)
     shards: list[dict[str, Any]] = []
+    if overwrite and (out / "manifest.json").exists():
+        _delete_store(ActivationStore(out))
     if (out / "manifest.json").exists():
         have = ActivationStore(out)
         if not resume:
-            raise InterpError(f"{out} already holds an activation store: pass --resume to continue it, or choose another --out")
+            raise InterpError(f"{out} already holds an activation store: pass --resume to continue it, --overwrite to replace it, "
+                              "or choose another --out")
         extra = {**settings, "points": names} if set(have.points) > set(names) else settings
         _refuse_other_settings(have, schema, extra, "choose another --out or delete it")
         shards = have.manifest["shards"]
@@ -333,6 +337,15 @@ def build_store(
     if store.n_tokens < n_tokens:
         raise InterpError(f"data {source!r} ran out after {store.n_tokens} tokens of the {n_tokens} asked for: ask for fewer --tokens")
     return store
+
+
+def _delete_store(store: ActivationStore) -> None:
+    """Remove a store's files: its manifest first (from then on the folder is no store), then its shards."""
+    import shutil
+
+    (store.path / "manifest.json").unlink()
+    for point in store.points:
+        shutil.rmtree(store._dir(point), ignore_errors=True)
 
 
 def _check_target(out: Path) -> None:

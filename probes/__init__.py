@@ -13,7 +13,7 @@ from probes.nmf_concepts import NMFConcepts, fve_by_k, write_nmf_concepts
 from probes.regularization import choose_strength
 from probes.results import SweepResult, load_directions, probe_direction
 from probes.semantic_entropy import cluster_answers, load_questions, probe_entropy, semantic_entropy_probe, write_semantic_entropy
-from probes.sweep import harvest, probe_activations, probe_layers
+from probes.sweep import probe_activations, probe_layers
 from probes.tcav import TCAVResult, tcav
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "directional_derivatives",
     "fve_by_k",
     "gcav_figure",
-    "harvest",
     "lexical_types",
     "load_directions",
     "load_questions",

@@ -1,52 +1,18 @@
-"""`interp probe` and `interp tcav`: `register(app)` adds both commands to a typer app."""
+"""`interp probe`, `interp tcav` and `interp concepts`: `register(app)` adds them to the `interp` command
+(the `interp.commands` entry point of this package)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from interp.cli_common import DEVICE_HELP, HOOKS_HELP, MODEL_HELP, SEED_HELP, console, wide_console
 from interp.errors import InterpError
-
-console = Console()
-
-MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
-DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
-_INT = re.compile(r"-?\d+")
-TABLE_WIDTH = 130
-
-
-def parse_pool(pool: str) -> str | int:
-    """`last`, `mean`, `max`, or an integer token position."""
-    return int(pool) if _INT.fullmatch(pool.strip()) else pool.strip()
-
-
-def parse_target(target: str) -> str | int:
-    """An integer is an output index (a token id for a language model); anything else a token string."""
-    return int(target) if _INT.fullmatch(target.strip()) else target
-
-
-def read_examples(source: str, what: str, builtin_dir: str = "concepts") -> list[str]:
-    """Examples from `builtin:NAME` (a shipped concept set), a `.txt` file (one per line) or a table file."""
-    from interp.data import builtin_dataset_path, iter_texts
-
-    from probes.tcav import read_lines
-
-    if source.startswith("builtin:"):
-        path = builtin_dataset_path(f"{builtin_dir}/{source.split(':', 1)[1]}.txt")
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise InterpError(f"{what} file {source} does not exist: give a .txt file with one example per line")
-    examples = read_lines(path) if path.suffix in (".txt", "") else list(iter_texts(str(path)))
-    if not examples:
-        raise InterpError(f"{what} file {source} is empty: give at least a few examples, one per line")
-    return examples
-
+from probes import cli_concepts
+from probes.inputs import parse_pool, parse_target, read_examples
 
 def _fmt_ci(ci: list[float]) -> str:
     return f"{ci[0]:.3f}-{ci[1]:.3f}"
@@ -58,7 +24,7 @@ def probe(
     text_field: str = typer.Option("text", "--text-field", help="column holding the texts"),
     label_field: str = typer.Option("label", "--label-field", help="column holding the labels"),
     type_field: Optional[str] = typer.Option(None, "--type-field", help="column giving each example's type for the control task (default: lexical clusters of the texts)"),
-    points: str = typer.Option("resid_post:all", "--points", help="hook points or selectors, e.g. resid_post:all, resid_post:0-5"),
+    hooks: str = typer.Option("resid_post:all", "--hooks", help=HOOKS_HELP),
     pool: str = typer.Option("last", "--pool", help="last, mean, max, or a token position (0 = first token after BOS)"),
     out: Path = typer.Option(Path("out/probe"), "--out", "-o", help="folder for results.json, directions.safetensors, report.html"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
@@ -68,9 +34,9 @@ def probe(
     strength: Optional[float] = typer.Option(None, "--C", help="fixed regularisation strength (C, or alpha for regression); default: chosen per point by cross-validation on the training split"),
     cv_folds: int = typer.Option(5, "--cv-folds", help="folds of the cross-validation that chooses C"),
     cluster_size: int = typer.Option(4, "--cluster-size", help="texts per lexical cluster (the control task's types)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N examples"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts", help="use only the first N texts (examples or questions)"),
+    batch_texts: int = typer.Option(16, "--batch-texts", help="texts per forward pass"),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
     target: Optional[str] = typer.Option(None, "--target", help="semantic-entropy: probe the semantic entropy of sampled answers "
                                          "(Kossen et al.) from the question's hidden states instead of labels from --data"),
     questions: str = typer.Option("builtin", "--questions", help="with --target semantic-entropy: builtin (82 shipped questions) "
@@ -92,16 +58,15 @@ def probe(
     from probes.sweep import check_split, infer_task, probe_layers
 
     if target is not None:
-        from probes.cli_concepts import semantic_entropy_command
-
-        semantic_entropy_command(model=model, questions=questions, points=points, samples=samples, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, task=task, strength=strength, limit=limit, out=out, device=device,
-                                 batch_size=batch_size, seed=seed, target=target, threshold=threshold)
+        cli_concepts.semantic_entropy_command(model=model, questions=questions, points=hooks, samples=samples,
+                                              max_new_tokens=max_new_tokens, temperature=temperature, task=task,
+                                              strength=strength, limit=max_texts, out=out, device=device,
+                                              batch_size=batch_texts, seed=seed, target=target, threshold=threshold)
         return
     texts, labels = load_labelled(data, text_field, label_field)
     types = load_labelled(data, text_field, type_field)[1] if type_field else None
-    if limit is not None:
-        texts, labels, types = texts[:limit], labels[:limit], types[:limit] if types is not None else None
+    if max_texts is not None:
+        texts, labels, types = texts[:max_texts], labels[:max_texts], types[:max_texts] if types is not None else None
     task = task or infer_task(labels)
     check_split(labels, len(texts), task, test_size)  # before the model loads: bad data fails fast
     if strength is not None and not strength > 0:
@@ -110,8 +75,8 @@ def probe(
         raise InterpError(f"--cv-folds must be at least 2, got {cv_folds}")
     bridge = load_model(model, device=device)
     fixed = {"alpha" if task == "regression" else "C": strength}
-    result = probe_layers(bridge, texts, labels, points=points, pool=parse_pool(pool), test_size=test_size,
-                          n_bootstrap=bootstrap, seed=seed, batch_size=batch_size, task=task, cv_folds=cv_folds,
+    result = probe_layers(bridge, texts, labels, points=hooks, pool=parse_pool(pool), test_size=test_size,
+                          n_bootstrap=bootstrap, seed=seed, batch_size=batch_texts, task=task, cv_folds=cv_folds,
                           types=types, cluster_size=cluster_size, **fixed)
     result.save(out)
     control = result.control
@@ -124,7 +89,7 @@ def probe(
         table.add_row(p + (" *" if p == result.best_point else ""), f"{m['accuracy']:.3f}", _fmt_ci(m["accuracy_ci"]),
                       f"{m[result.strength]:g}", f"{m['control_accuracy']:.3f}", f"{m['selectivity']:.3f}",
                       _fmt_ci(m["selectivity_ci"]), f"{m['shuffled_accuracy']:.3f}")
-    Console(width=max(console.width, TABLE_WIDTH)).print(table)  # every column in full, even when piped
+    wide_console().print(table)
     console.print("control = control task (one random label per input type); select. = score - control; "
                   "shuffled = shuffled-label baseline (chance by construction)", soft_wrap=True)
     console.print(f"best: {result.best_point} (*). Wrote {out / 'results.json'}, {out / 'directions.safetensors'}, {out / 'report.html'}", soft_wrap=True)
@@ -136,16 +101,16 @@ def tcav_command(
     random: str = typer.Option("builtin", "--random", help="random counterexamples: .txt file (one per line) or builtin"),
     inputs: str = typer.Option(..., "--inputs", help="inputs of the class to explain: .txt file, one per line"),
     target: str = typer.Option(..., "--target", help="a single-token string (e.g. ' good') or an integer output index / token id"),
-    points: str = typer.Option("resid_post:all", "--points", help="hook points or selectors"),
+    hooks: str = typer.Option("resid_post:all", "--hooks", help=HOOKS_HELP),
     runs: int = typer.Option(10, "--runs", help="CAVs per point (and as many random-vs-random CAVs)"),
     out: Path = typer.Option(Path("out/tcav"), "--out", "-o", help="folder for results.json and report.html"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     correction: str = typer.Option("bonferroni", "--correction", help="multiple-testing correction across points: bonferroni or holm"),
-    alpha: float = typer.Option(0.05, "--alpha", help="significance level after correction"),
+    significance: float = typer.Option(0.05, "--significance", help="significance level of the t-test, after correction"),
     set_size: Optional[int] = typer.Option(None, "--set-size", help="examples per random set (default: as many as concept examples)"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
-    global_cav: bool = typer.Option(False, "--global", help="GCAV (He et al., 2025): fuse the CAVs of every point in --points into "
+    batch_texts: int = typer.Option(16, "--batch-texts", help="texts per forward pass"),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
+    global_cav: bool = typer.Option(False, "--global", help="GCAV (He et al., 2025): fuse the CAVs of every point in --hooks into "
                                     "one global CAV; report per-point TCAV before/after and the global score with its t-test"),
 ) -> None:
     """TCAV: does the concept raise the target? Scores per point with a t-test against random concepts.
@@ -166,30 +131,30 @@ def tcav_command(
     parsed = parse_target(target)
     name = concept.split(":", 1)[1] if concept.startswith("builtin:") else Path(concept).stem
     if global_cav:
-        from probes.cli_concepts import print_gcav
         from probes.gcav import gcav, write_gcav
 
-        result = gcav(bridge, concept_texts, random_texts, class_texts, parsed, points, n_runs=runs, set_size=set_size,
-                      seed=seed, batch_size=batch_size, alpha=alpha, concept=name, progress=True)
+        result = gcav(bridge, concept_texts, random_texts, class_texts, parsed, hooks, n_runs=runs, set_size=set_size,
+                      seed=seed, batch_size=batch_texts, alpha=significance, concept=name, progress=True)
         write_gcav(result, out)
-        print_gcav(result, target, out)
+        cli_concepts.print_gcav(result, target, out)
         return
-    result = tcav(bridge, concept_texts, random_texts, class_texts, parsed, points, n_runs=runs, set_size=set_size,
-                  seed=seed, batch_size=batch_size, correction=correction, alpha=alpha, concept=name)
+    result = tcav(bridge, concept_texts, random_texts, class_texts, parsed, hooks, n_runs=runs, set_size=set_size,
+                  seed=seed, batch_size=batch_texts, correction=correction, alpha=significance, concept=name)
     result.save(out)
     table = Table(title=f"TCAV of '{name}' for target {target!r} ({len(class_texts)} inputs, {runs} runs; "
-                        f"p adj: {correction}; sig: p adj < {alpha})")
+                        f"p adj: {correction}; sig: p adj < {significance})")
     for col in ("point", "score", "std", "random", "p", "p adj", "sig", "CAV acc"):
         table.add_column(col, justify="left" if col == "point" else "right", no_wrap=col == "point")
     for p in result.points:
         s = result.stats[p]
         table.add_row(p, f"{s['mean']:.3f}", f"{s['std']:.3f}", f"{s['random_mean']:.3f}", f"{s['p_value']:.2g}",
                       f"{s['p_value_corrected']:.2g}", "yes" if s["significant"] else "no", f"{s['cav_accuracy_mean']:.3f}")
-    console.print(table, width=max(console.width, TABLE_WIDTH))  # full point names even when piped
+    wide_console().print(table)
     console.print(f"Wrote {out / 'results.json'}, {out / 'report.html'}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `probe` and `tcav` commands to `app`."""
+    """Add the `probe`, `tcav` and `concepts` commands to `app`."""
     app.command("probe")(probe)
     app.command("tcav")(tcav_command)
+    cli_concepts.register(app)

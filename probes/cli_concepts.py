@@ -9,23 +9,17 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from interp.cli_common import DEVICE_HELP, MODEL_HELP, SEED_HELP, TEXT_FIELD_HELP, console, wide_console
 from interp.errors import InterpError
-from probes.cli import DEVICE_HELP, MODEL_HELP, TABLE_WIDTH, parse_target, read_examples
-
-console = Console()
+from probes.inputs import parse_target, read_examples
 
 app = typer.Typer(
     help="Concepts found without labels: NMF concepts (ICE / NCAV) with their importance for a target.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _wide() -> Console:
-    return Console(width=max(console.width, TABLE_WIDTH))  # every column in full, even when piped
 
 
 def print_gcav(result: Mapping[str, Any], target: str, out: Path) -> None:
@@ -38,7 +32,7 @@ def print_gcav(result: Mapping[str, Any], target: str, out: Path) -> None:
         s = result["per_point"][p]
         table.add_row(p, f"{s['mean_before']:.3f}", f"{s['var_before']:.4f}", f"{s['mean_after']:.3f}", f"{s['var_after']:.4f}",
                       f"{s['attention_weight']:.3f}", f"{s['cosine_with_layer_cav']:.3f}", f"{s['cav_accuracy_mean']:.3f}")
-    _wide().print(table)
+    wide_console().print(table)
     g = result["global"]
     console.print(f"cross-layer variance of TCAV scores: {result['cross_layer_variance_before']:.4g} before, "
                   f"{result['cross_layer_variance_after']:.4g} after; run variance {result['run_variance_before']:.4g} before, "
@@ -69,11 +63,11 @@ def _budget(hm: Any, texts: list[str], max_texts: Optional[int], max_tokens: Opt
 
 @app.command("nmf")
 def nmf(
-    point: str = typer.Option(..., "--point", help="one hook point, e.g. blocks.12.mlp.hook_post or resid_post:12"),
+    hook: str = typer.Option(..., "--hook", help="one hook point, e.g. blocks.12.mlp.hook_post or resid_post:12"),
     data: List[str] = typer.Option(..., "--data", help="texts: .txt (one per line), .jsonl/.csv/.parquet (--text-field), "
                                    "or builtin:sports|food|weather|random; repeat --data to pool several"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
-    k: int = typer.Option(10, "--k", help="number of concepts"),
+    n_concepts: int = typer.Option(10, "--n-concepts", help="number of concepts"),
     nonneg: str = typer.Option("split", "--nonneg", help="how activations become non-negative: split (lossless: positive "
                                "and negative parts side by side), clip, shift or none"),
     level: str = typer.Option("token", "--level", help="token (one row per token) or text (one row per text, mean over tokens)"),
@@ -84,11 +78,11 @@ def nmf(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="use texts (in order) until they hold N tokens"),
     top_n: int = typer.Option(10, "--top-n", help="top examples kept per concept"),
     max_iter: int = typer.Option(500, "--max-iter", help="NMF iterations at most"),
-    text_field: str = typer.Option("text", "--text-field", help="column holding the texts in table files"),
+    text_field: str = typer.Option("text", "--text-field", help=TEXT_FIELD_HELP),
     out: Path = typer.Option(Path("out/nmf"), "--out", "-o", help="folder for results.json, directions.safetensors, report.html"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
+    batch_texts: int = typer.Option(16, "--batch-texts", help="texts per forward pass"),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
 ) -> None:
     """Factorise a layer's activations into k non-negative concepts; show each one's top tokens and its importance."""
     from interp import load_model
@@ -100,8 +94,8 @@ def nmf(
         raise InterpError(f"unknown --nonneg {nonneg!r}: use {', '.join(NONNEG)}")
     if level not in LEVELS:
         raise InterpError(f"unknown --level {level!r}: use {' or '.join(LEVELS)}")
-    if k < 1:
-        raise InterpError(f"--k must be at least 1, got {k}")
+    if n_concepts < 1:
+        raise InterpError(f"--n-concepts must be at least 1, got {n_concepts}")
     if inputs is not None and target is None:
         raise InterpError("--inputs is only used with --target (the importance is the target's derivative on them)")
     texts = [t for source in data for t in _read_texts(source, text_field)]
@@ -110,11 +104,11 @@ def nmf(
     hm = as_hook_manager(bridge)
     texts = _budget(hm, texts, max_texts, max_tokens)
     n_rows = len(texts) if level == "text" else None
-    if n_rows is not None and n_rows < k:
-        raise InterpError(f"{n_rows} texts are fewer than --k {k} concepts: give more texts or a smaller --k")
-    result = nmf_concepts(bridge, texts, point, k=k, target=parse_target(target) if target is not None else None,
+    if n_rows is not None and n_rows < n_concepts:
+        raise InterpError(f"{n_rows} texts are fewer than --n-concepts {n_concepts}: give more texts or fewer concepts")
+    result = nmf_concepts(bridge, texts, hook, k=n_concepts, target=parse_target(target) if target is not None else None,
                           class_inputs=class_texts, nonneg=nonneg, level=level, top_n=top_n, max_iter=max_iter, seed=seed,
-                          batch_size=batch_size, progress=True)
+                          batch_size=batch_texts, progress=True)
     write_nmf_concepts(result, out)
     print_nmf(result, out)
 
@@ -144,7 +138,7 @@ def print_nmf(result: Mapping[str, Any], out: Path) -> None:
         if has_target:
             row += [f"{c['tcav_score']:.3f}", f"{c['mean_derivative']:.3g}"]
         table.add_row(*row)
-    _wide().print(table)
+    wide_console().print(table)
     console.print(f"fraction of variance explained: {result['fve_activation']:.4f} in activation space "
                   f"({result['fve']:.4f} in the non-negative space)", soft_wrap=True)
     console.print(f"Wrote {out / 'results.json'}, {out / 'directions.safetensors'}, {out / 'report.html'}", soft_wrap=True)
@@ -203,7 +197,7 @@ def semantic_entropy_command(model: str, questions: str, points: str, samples: i
         m = result["per_point"][p]
         table.add_row(p + (" *" if p == result["best_point"] else ""), f"{m[key]:.3f}", f"{m[f'shuffled_{key}']:.3f}",
                       f"{m[f'shuffled_{key}_p95']:.3f}", f"{m['p_value']:.3g}")
-    _wide().print(table)
+    wide_console().print(table)
     console.print(f"best: {result['best_point']} (*). Wrote {out / 'results.json'}, {out / 'report.html'}", soft_wrap=True)
 
 

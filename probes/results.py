@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
-from interp.manifest import check_compatible, make_manifest
+from interp.manifest import check_manifest, make_manifest
 from interp.reports import html_table, write_report
 from probes.regularization import strength_name
 
@@ -211,13 +211,13 @@ def load_directions(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def probe_direction(path: str | os.PathLike, point: str, model: str, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The unit direction `(width,)` at `point` of a saved probe, checked against `model`.
 
-    The file's manifest goes through `interp.manifest.check_compatible`: the model must match
+    The file's manifest goes through `interp.manifest.check_manifest`: the model must match
     (unless either is unknown), `point` must be one of its points, with width `width`.
     Returns `(direction, metadata)`.
     """
     tensors, meta = load_directions(path)
     want = make_manifest(model, {point: width})
-    check_compatible(meta["manifest"], want, f"the probe in {path}", "rerun `interp probe` on this model, or give one of its points")
+    check_manifest(meta["manifest"], want, f"the probe in {path}", "rerun `interp probe` on this model, or give one of its points")
     direction = tensors[point]
     if direction.ndim != 1:
         raise InterpError(f"the probe in {path} is multiclass ({direction.shape[0]} directions at {point}): steer with a binary probe")

@@ -21,7 +21,7 @@ from interp import readout
 from interp.errors import InterpError
 from interp.manifest import make_manifest
 from interp.models import model_name
-from interp.readout import as_hook_manager, tensor_inputs
+from interp.readout import as_hook_manager
 from probes.control import (
     CLUSTER_SIZE,
     control_labels,
@@ -34,31 +34,7 @@ from probes.linear import LinearProbe, Pool
 from probes.regularization import DEFAULT_FOLDS, choose_strength, strength_name
 from probes.results import SweepResult, bootstrap, interval
 
-__all__ = ["as_hook_manager", "check_split", "harvest", "infer_task", "probe_activations", "probe_layers",
-           "tensor_inputs", "tokenize_texts"]
-
-
-# ---------------------------------------------------------------------------- harvesting
-def tokenize_texts(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`interp.readout.tokenize`: BOS + tokens, right-padded; `(tokens (n, max_len), lengths (n,))`."""
-    return readout.tokenize(model, texts)
-
-
-def harvest(
-    model_or_hm: Any,
-    inputs: Sequence[str] | torch.Tensor,
-    points: str | Sequence[str],
-    pool: Pool = "last",
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "harvest",
-) -> dict[str, torch.Tensor]:
-    """`interp.readout.read`: one forward per batch capturing every point; `{point: (n, d)}` float32.
-
-    Texts on a transformer bridge are pooled by `pool` with the readout's BOS rule (BOS never
-    read); a plain module's tensor inputs `(n, ...)` give flattened outputs `(n, d)`.
-    """
-    return readout.read(model_or_hm, inputs, points, pool=pool, batch_size=batch_size, progress=progress, desc=desc)
+__all__ = ["check_split", "infer_task", "probe_activations", "probe_layers"]
 
 
 # ------------------------------------------------------------------------------- checks
@@ -241,7 +217,7 @@ def probe_layers(
     kind = "given"
     if types is None:
         types, kind = lexical_types(texts, cluster_size, seed), f"lexical clusters of about {cluster_size} texts"
-    feats = harvest(hm, list(texts), names, pool=pool, batch_size=batch_size, progress=progress, desc="probe readout")
+    feats = readout.read(hm, list(texts), names, pool=pool, batch_size=batch_size, progress=progress, desc="probe readout")
     return probe_activations(
         feats, labels, task=task, test_size=test_size, n_bootstrap=n_bootstrap, seed=seed, C=C, alpha=alpha, grid=grid,
         cv_folds=cv_folds, types=types, type_kind=kind, pool=pool, model=model_name(hm.model),

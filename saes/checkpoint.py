@@ -1,10 +1,10 @@
 """Training checkpoints, and stopping on a signal without ever saving half a step.
 
 A checkpoint is one safetensors file, `checkpoint.safetensors`, written atomically (temp file,
-then rename), so it is always whole: the SAE's weights and buffers (`sae.*`), Adam's moments
-(`adam.<param>.exp_avg`, `adam.<param>.exp_avg_sq`) and the per-latent "tokens since fired"
-counters, with the step, the token position in the stream, the input scale, Adam's step counts,
-the loss history and both configs as JSON in its header (`state`). `checkpoint.json` repeats
+then rename), so it is always whole: `Trainer.state_dict()`'s tensors (the SAE's weights and
+buffers `sae.*`, Adam's moments `adam.<param>.exp_avg|exp_avg_sq`, the per-latent "tokens since
+fired" counters) with its meta (step, token position in the stream, input scale, Adam's step
+counts, loss history, both configs) as JSON in the header (`state`). `checkpoint.json` repeats
 the counters for people; nothing reads it back. Step and token position are global (summed over
 data-parallel ranks), so a checkpoint resumes under any number of ranks with the same global batch.
 
@@ -27,13 +27,12 @@ import json
 import re
 import signal
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
-from interp.manifest import check_compatible as check_manifest
+from interp.manifest import check_manifest
 
 if TYPE_CHECKING:
     from saes.trainer import Trainer
@@ -94,36 +93,20 @@ class Terminated(InterpError):
 
 
 def save_checkpoint(trainer: "Trainer", folder: Path) -> None:
-    """Write `trainer`'s full state to `folder/checkpoint.safetensors` (atomically); a latent-sharded
+    """Write `trainer.state_dict()` to `folder/checkpoint.safetensors` (atomically); a latent-sharded
     trainer writes its shard's state to `checkpoint-shard-{r}-of-{N}.safetensors`."""
-    tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
-    adam_steps = {}
-    for name, p in trainer.sae.named_parameters():
-        st = trainer.adam_state(p)
-        if st:
-            tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
-            tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
-            adam_steps[name] = float(st["step"])
-    tensors["since_fired"] = trainer.since_fired
-    meta = {
-        "step": trainer.step,
-        "tokens": trainer.tokens,
-        "scale": trainer.scale,
-        "adam_steps": adam_steps,
-        "history": trainer.history,
-        "sae_cfg": trainer.cfg.to_dict(),
-        "train_cfg": asdict(trainer.tcfg),
-        "shard": trainer.shard,
-    }
+    state = trainer.state_dict()
+    meta = state["meta"]
     folder.mkdir(parents=True, exist_ok=True)
     name = checkpoint_file(trainer.shard)
-    write_safetensors(folder / name, tensors, metadata={"state": json.dumps(meta)})
+    write_safetensors(folder / name, state["tensors"], metadata={"state": json.dumps(meta)})
     write_json(folder / name.replace(".safetensors", ".json"),
                {k: meta[k] for k in ("step", "tokens", "scale", "shard", "sae_cfg", "train_cfg")})
 
 
 def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
-    """Restore into `trainer` everything `save_checkpoint` wrote."""
+    """Check that `folder`'s checkpoint fits `trainer` (SAE shape, shard, global batch, manifest), then
+    restore it with `trainer.load_state_dict`."""
     from safetensors import safe_open
 
     path = folder / checkpoint_file(trainer.shard)
@@ -146,19 +129,12 @@ def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
     if batch is not None and batch != trainer.tcfg.batch_size:
         raise InterpError(
             f"checkpoint {path} was trained on batches of {batch} tokens (over all ranks) but this run uses "
-            f"{trainer.tcfg.batch_size}: resume with --batch-size {batch} (on any number of ranks that divides it)"
+            f"{trainer.tcfg.batch_size}: resume with --batch-tokens {batch} (on any number of ranks that divides it)"
         )
     if cfg.get("manifest") and trainer.cfg.manifest:
         check_manifest(cfg["manifest"], trainer.cfg.manifest, f"the checkpoint in {folder}",
                        "resume with the same model, hook point, data and context length, or start over with --overwrite")
-    trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-    for name, p in trainer.sae.named_parameters():
-        if name in meta["adam_steps"]:
-            trainer.set_adam_state(p, meta["adam_steps"][name], tensors[f"adam.{name}.exp_avg"],
-                                   tensors[f"adam.{name}.exp_avg_sq"])
-    trainer.since_fired.copy_(tensors["since_fired"])
-    trainer.step, trainer.tokens, trainer.scale = meta["step"], meta["tokens"], meta["scale"]
-    trainer.history = list(meta.get("history", []))
+    trainer.load_state_dict({"tensors": tensors, "meta": meta})
 
 
 class StopSignals:

@@ -11,7 +11,7 @@ fired mask (summed, so OR), floating buffers (averaged: BatchTopK's threshold) a
 statistics. Every rank then applies the same Adam step, decoder-gradient projection, decoder
 renormalisation and dead-latent counter update to the same numbers, and the weights stay equal.
 Initialisation (input scale, `b_dec`, active subspace) uses the global sample, which every rank
-holds, and `broadcast_trainer` copies rank 0's state to all ranks after it and after a resume.
+holds, and `broadcast_state` copies rank 0's `Trainer.state_dict()` to all ranks after it and after a resume.
 
 Writes: only rank 0 writes (`interp.distributed.on_main`). Step and token counts are global, so a
 checkpoint resumes under any world size that divides the global batch.
@@ -19,15 +19,12 @@ checkpoint resumes under any world size that divides the global batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from interp import distributed
 from interp.distributed import World
-
-if TYPE_CHECKING:
-    from saes.trainer import Trainer
 
 
 def local_rows(batch: Any, w: World) -> Any:
@@ -76,30 +73,23 @@ def reduce_step(sae: torch.nn.Module, fired: torch.Tensor, n_local: int, n_globa
     return fired, (flat[at:] if stats is not None else None)
 
 
-def broadcast_trainer(trainer: "Trainer", w: World) -> None:
-    """Copy rank 0's whole training state (weights, Adam moments, counters, step, scale) to every rank.
+def broadcast_state(trainer: Any, w: World) -> None:
+    """Copy rank 0's whole training state (`trainer.state_dict()`: weights, Adam moments, counters, step,
+    scale) to every rank, through `load_state_dict` on the others.
 
     For a replicated SAE only: a latent-sharded trainer holds a different shard on every rank.
     """
     if not w.parallel:
         return
-    meta = distributed.share({"step": trainer.step, "tokens": trainer.tokens, "scale": trainer.scale,
-                              "history": trainer.history,
-                              "adam": {n: float(st["step"]) for n, p in trainer.sae.named_parameters()
-                                       if (st := trainer.adam_state(p))}}, w)
-    trainer.step, trainer.tokens, trainer.scale, trainer.history = meta["step"], meta["tokens"], meta["scale"], meta["history"]
-    tensors = [*trainer.sae.state_dict().values(), trainer.since_fired]
-    for name, p in trainer.sae.named_parameters():
-        if name in meta["adam"]:
-            if not trainer.adam_state(p):
-                trainer.set_adam_state(p, meta["adam"][name], torch.zeros_like(p), torch.zeros_like(p))
-            st = trainer.adam_state(p)  # views of the optimizer's tensors: the broadcast below fills those
-            st["step"].fill_(meta["adam"][name])
-            tensors += [st["exp_avg"], st["exp_avg_sq"]]
+    state = trainer.state_dict() if w.is_main else None
+    layout = {k: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in state["tensors"].items()} if state else None
+    meta, layout = distributed.share((state["meta"] if state else None, layout), w)
+    device = distributed.comm_device()
+    tensors = {}
     with torch.no_grad():
-        for t in tensors:
-            # By logical layout: the same tensor may be strided differently on two ranks (W_enc and its
-            # moments are transposed clones, a W_enc loaded elsewhere need not be), and a broadcast copies memory.
-            buf = distributed.broadcast(t.contiguous())
-            if buf.data_ptr() != t.data_ptr():
-                t.copy_(buf)
+        for name, (shape, dtype) in layout.items():
+            # by logical layout: a tensor may be strided differently on two ranks, and a broadcast copies memory
+            t = state["tensors"][name].contiguous().to(device) if state else torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+            tensors[name] = distributed.broadcast(t)
+    if not w.is_main:
+        trainer.load_state_dict({"tensors": tensors, "meta": meta})

@@ -40,12 +40,12 @@ from interp.atomic import write_json
 from interp.data import token_batches
 from interp.errors import InterpError
 from interp.hooks import HookManager
-from interp.manifest import check_compatible as check_manifest
+from interp.manifest import check_manifest
 from interp.manifest import make_manifest
 from interp.models import model_device, model_name
 from interp.reports import html_table, write_report
 from saes.architectures import SAE
-from saes.io import check_compatible
+from saes.io import check_sae
 
 DENSE_THRESHOLD = 0.1
 
@@ -211,7 +211,7 @@ def evaluate_sae(
     if n_tokens <= 0:
         raise InterpError(f"token count must be positive, got {n_tokens}: pass --tokens N")
     hm = HookManager(model)
-    name = check_compatible(sae, hm, point)
+    name = check_sae(sae, hm, point)
     sae = sae.to(model_device(model)).eval()
     stats = _Stats(sae.cfg.d_in, sae.cfg.d_sae)
     if isinstance(source_or_store, ActivationStore):

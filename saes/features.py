@@ -29,7 +29,7 @@ from interp.models import model_device, model_name
 from interp.reports import write_report
 from saes.architectures import SAE
 from saes.evaluate import density_figure
-from saes.io import check_compatible
+from saes.io import check_sae
 
 
 def _latent_index(latents: Sequence[int] | None, d_sae: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ def top_activations(
     if n_tokens <= 0:
         raise InterpError(f"token count must be positive, got {n_tokens}: pass --tokens N")
     hm = HookManager(model)
-    name = check_compatible(sae, hm, point)
+    name = check_sae(sae, hm, point)
     device = model_device(model)
     sae = sae.to(device).eval()
     idx = _latent_index(latents, sae.cfg.d_sae).to(device)

@@ -14,7 +14,7 @@ Our saves put one random save id in both files (`metadata.interp_save_id` in cfg
 safetensors header's `interp_save_id`), weights first; loading checks they agree, so a save cut
 short between the two writes is an error, never new weights under an old config. Our config also records the
 `interp.manifest` schema (model, point, width, data fingerprint, ctx_len) it was trained with, in
-`metadata.interp.manifest`; `check_compatible` compares it with where the SAE is about to be used.
+`metadata.interp.manifest`; `check_sae` compares it with where the SAE is about to be used.
 
 Architectures map to SAELens's as: relu -> standard, topk -> topk, jumprelu -> jumprelu,
 batchtopk -> jumprelu (SAELens's own inference form of a BatchTopK SAE: its scalar threshold
@@ -37,9 +37,8 @@ import torch
 from interp.activations import point_shapes
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
-from interp.hooks import HookManager
-from interp.manifest import check_compatible as check_manifest
-from interp.manifest import make_manifest
+from interp.hooks import HookManager, layer_of
+from interp.manifest import check_manifest, make_manifest
 from interp.models import model_name
 from saes.architectures import SAE, SAEConfig, sae_from_tensors
 
@@ -193,7 +192,7 @@ def _config_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAEConfig:
     if arch in ("topk", "batchtopk"):
         k = int(round(float(_require(cfg, "k", cfg_path))))  # SAELens's BatchTopK k is a float mean
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point") or ""
-    layer = _layer_of(hook)
+    layer = layer_of(hook)
     return SAEConfig(
         d_in=int(cfg["d_in"]),
         d_sae=int(cfg["d_sae"]),
@@ -207,13 +206,6 @@ def _config_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAEConfig:
         dataset=meta.get("dataset_path") or cfg.get("dataset_path") or "",
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
     )
-
-
-def _layer_of(hook: str) -> int | None:
-    parts = hook.split(".")
-    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device | None = None) -> SAE:
@@ -285,7 +277,7 @@ def sae_manifest(sae: SAE) -> dict[str, Any]:
     return have
 
 
-def check_compatible(sae: SAE, model_or_hm: Any, point: str | None = None, check_model: bool = True) -> str:
+def check_sae(sae: SAE, model_or_hm: Any, point: str | None = None, check_model: bool = True) -> str:
     """Check that `sae` fits the hook point `point` of the model; returns the resolved point name.
 
     `point` defaults to the point the SAE was trained on. Goes through `interp.manifest`: raises

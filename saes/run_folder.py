@@ -3,8 +3,8 @@
 A run's folder (`out_dir`, or `out_dir/<point>` for each point of a multi-point run) holds the SAE
 (SAELens layout: `cfg.json`, `sae_weights.safetensors`), its checkpoint(s), `training.json` and the
 latent counters. A folder that holds a run is not trained into again unless the caller resumes it or
-asks to overwrite it (`check_out_dir`). `save_run` writes the end of a run; `save_sharded_run` the end
-of a latent-sharded one (the full SAE gathered, written by rank 0).
+asks to overwrite it (`check_out_dir`), and then cleared first (`clear_run`). `save_run` writes the end of
+a run; `save_sharded_run` the end of a latent-sharded one (the full SAE gathered, written by rank 0).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from interp import distributed
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from saes.architectures import SAE
-from saes.checkpoint import CHECKPOINT, has_checkpoint, save_checkpoint
+from saes.checkpoint import CHECKPOINT, has_checkpoint, save_checkpoint, shard_files
 from saes.io import CFG_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME, save_sae
 from saes.trainer import Trainer
 
@@ -45,6 +45,14 @@ def check_out_dir(folder: Path, resume: bool, overwrite: bool) -> None:
         raise InterpError(f"{folder} is a file, not a folder: choose another --out")
     if holds_run(folder) and not resume and not overwrite:
         raise InterpError(f"{folder} already holds an SAE run: pass --resume to continue it, --overwrite to replace it, or choose another --out")
+
+
+def clear_run(folder: Path) -> None:
+    """Remove what a run left in `folder` (`RUN_FILES` and latent-shard checkpoints), before overwriting it."""
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for path in shard_files(folder):
+        path.unlink()
 
 
 def save_run(trainer: Trainer, folder: Path) -> SAE:

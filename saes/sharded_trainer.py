@@ -50,27 +50,28 @@ class ShardedTrainer(Trainer):
     """
 
     def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig, mesh=None, init: SAE | None = None):
-        # Trainer.__init__ would build the full SAE; this sets the same state for one shard.
-        self.cfg, self.tcfg = sae_cfg, train_cfg
-        self.device = train_cfg.resolved_device()
         self.latent_group = mesh.get_group("latent") if mesh is not None else None
         self.data_group = mesh.get_group("data") if mesh is not None else None
-        self.world = distributed.world()
         data = distributed.world(self.data_group) if mesh is not None else distributed.World()
         self.dp, self.data_rank = data.size, data.rank
-        if init is not None:
-            self.sae = ShardedTopK.from_full(init, self.latent_group)
-        else:
-            self.sae = ShardedTopK.init(sae_cfg, self.latent_group, train_cfg.seed)
-        self.sae.to(self.device)
+        self._init = init
+        super().__init__(sae_cfg, train_cfg)  # the same state as Trainer's, for this rank's shard (`build_sae`)
         self.shard = (self.sae.rank, self.sae.world)
-        self.opt = self.make_adam()
-        self.since_fired = torch.zeros(self.sae.m, dtype=torch.long, device=self.device)
-        self.scale = 1.0
-        self.step = 0
-        self.tokens = 0
-        self.stats: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
+
+    def build_sae(self) -> ShardedTopK:
+        """This rank's shard: of `init` when given, else of the SAE `Trainer` would draw under the seed."""
+        if self._init is not None:
+            return ShardedTopK.from_full(self._init, self.latent_group)
+        return ShardedTopK.init(self.cfg, self.latent_group, self.tcfg.seed)
+
+    @property
+    def writes_checkpoints(self) -> bool:
+        """Data-rank 0 of each latent group writes its shard's checkpoint."""
+        return self.data_rank == 0
+
+    def train_on(self, batch: Tensor) -> None:
+        """One step (a collective) on a global batch `(n, d_in)`: this data rank trains on its slice."""
+        self.train_step(self.local_rows(batch), batch.shape[0])
 
     def local_rows(self, batch: Tensor) -> Tensor:
         """This data rank's contiguous slice of a global batch `(n, d_in)` (`saes.data_parallel.local_rows`

@@ -70,31 +70,15 @@ from interp import distributed
 from interp.errors import InterpError
 from interp.manifest import make_manifest
 from saes.architectures import SAE, SAEConfig
-from saes.checkpoint import StopSignals, Terminated, load_checkpoint, resumable, save_checkpoint, shard_files
-from saes.data_parallel import broadcast_trainer, local_rows
-from saes.run_folder import RUN_FILES, check_out_dir, holds_run, point_folder, save_run, save_sharded_run
+from saes.checkpoint import StopSignals, Terminated, load_checkpoint, resumable, save_checkpoint
+from saes.data_parallel import broadcast_state
+from saes.plan import Layout
+from saes.run_folder import check_out_dir, clear_run, holds_run, point_folder, save_run, save_sharded_run
 from saes.stream import ActivationSource, cat, chain, open_at, pick, rebatch, rows
 from saes.trainer import TrainConfig, Trainer, default_lr
 
 __all__ = ["ActivationSource", "TrainConfig", "Trainer", "Terminated", "check_out_dir", "default_lr", "holds_run", "point_folder",
            "save_run", "split_points", "train_sae", "train_saes"]
-
-def check_shard_latents(n: int, world_size: int, arch: str, d_sae: int | None = None) -> None:
-    """InterpError (one line) when `n` latent ranks cannot shard an `arch` SAE of `d_sae` latents over `world_size` ranks."""
-    if n < 1:
-        raise InterpError(f"--shard-latents must be positive, got {n}")
-    if n == 1:
-        return
-    if arch != "topk":
-        raise InterpError(f"--shard-latents shards topk SAEs only, not --arch {arch}: use --arch topk or drop --shard-latents")
-    if d_sae is not None and d_sae % n:
-        raise InterpError(f"--shard-latents {n} does not divide the SAE's {d_sae} latents: choose a --width that is a "
-                          f"multiple of {n} (e.g. {d_sae + n - d_sae % n})")
-    if world_size % n:
-        were = "was" if world_size == 1 else "were"
-        raise InterpError(f"--shard-latents {n} needs a multiple of {n} ranks, but {world_size} {were} launched: "
-                          f"start it with torchrun --nproc-per-node {n} (or a multiple of {n})")
-
 
 def split_points(points: list[str], w: distributed.World) -> list[str]:
     """Rank `w.rank`'s share of `points`: a contiguous run, the shares differing in size by at most one.
@@ -130,7 +114,7 @@ def train_saes(
     `split_points`); each rank trains and saves its own SAEs (see the module docstring).
     """
     return _train(source, dict(sae_cfgs), train_cfg, Path(out_dir), resume, overwrite, progress, multi=True,
-                  shard_latents=shard_latents, independent=distribute_points)
+                  layout=Layout(shard_latents, distribute_points))
 
 
 def train_sae(
@@ -153,7 +137,7 @@ def train_sae(
     ranks under torchrun (see the module docstring; ranks other than 0 then return None).
     """
     return _train(source, {None: sae_cfg}, train_cfg, Path(out_dir), resume, overwrite, progress, multi=False,
-                  shard_latents=shard_latents)[None]
+                  layout=Layout(shard_latents))[None]
 
 
 def _with_manifest(cfg: SAEConfig) -> SAEConfig:
@@ -164,25 +148,28 @@ def _with_manifest(cfg: SAEConfig) -> SAEConfig:
     return replace(cfg, manifest=make_manifest(cfg.model_name or None, widths))
 
 
+def make_trainers(cfgs: dict, tcfg: TrainConfig, layout: Layout) -> dict:
+    """One trainer per SAE config, of the kind `layout` says (`saes.plan.Layout`)."""
+    if layout.kind == "sharded":
+        from saes.sharded_trainer import ShardedTrainer, make_mesh
+
+        mesh = make_mesh(layout.data_ranks(distributed.world().size), layout.shard_latents, tcfg.resolved_device().type)
+        return {p: ShardedTrainer(_with_manifest(c), tcfg, mesh) for p, c in cfgs.items()}
+    alone = distributed.World() if layout.kind == "points" else None  # each rank alone: no gradient communication
+    return {p: Trainer(_with_manifest(c), tcfg, world=alone) for p, c in cfgs.items()}
+
+
 def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool, multi: bool,
-           shard_latents: int = 1, independent: bool = False) -> dict:
+           layout: Layout) -> dict:
     if tcfg.n_tokens < 1:
         raise InterpError(f"n_tokens={tcfg.n_tokens}: train on at least one token (e.g. n_tokens=10_000_000)")
     if tcfg.batch_size < 1:
         raise InterpError(f"batch_size={tcfg.batch_size} must be at least 1")
     w = distributed.world()
-    if independent and shard_latents > 1:
-        raise InterpError("--distribute-points and --shard-latents cannot be combined (not supported): drop one of them")
-    if tcfg.autocast is not None and shard_latents > 1:
-        raise InterpError("--autocast is not supported with --shard-latents: drop one of them")
     for c in cfgs.values():
-        check_shard_latents(shard_latents, w.size, c.arch, c.d_sae)
-    dp = 1 if independent else w.size // shard_latents  # data ranks
-    if tcfg.batch_size % dp:
-        raise InterpError(f"batch_size={tcfg.batch_size} (the global batch) does not split evenly over {dp} data ranks: "
-                          f"choose a multiple of {dp}, or another number of ranks")
+        layout.check(w.size, tcfg.batch_size, c.arch, c.d_sae, tcfg.autocast)
     folders = {p: out_dir / point_folder(p) if multi else out_dir for p in cfgs}
-    if independent:
+    if layout.kind == "points":
         owners = distributed.all_gather_object(sorted(folders.values()))  # every rank refuses together
         if not all(owners):
             raise InterpError(f"rank {owners.index([])} of {w.size} was given no hook points: give every rank at least one "
@@ -195,37 +182,31 @@ def _train(source, cfgs: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, o
     else:
         for folder in folders.values():
             check_out_dir(folder, resume, overwrite)
-    if shard_latents > 1:
-        from saes.sharded_trainer import ShardedTrainer, make_mesh
-
-        mesh = make_mesh(dp, shard_latents, tcfg.resolved_device().type)
-        trainers = {p: ShardedTrainer(_with_manifest(c), tcfg, mesh) for p, c in cfgs.items()}
-        ranks = f"on a multiple of {shard_latents} ranks with --shard-latents {shard_latents}"
-    else:
-        alone = distributed.World() if independent else None  # independent: no gradient communication
-        trainers = {p: Trainer(_with_manifest(c), tcfg, world=alone) for p, c in cfgs.items()}
-        ranks = "with any number of ranks up to the number of points" if independent else "with any number of ranks"
+    trainers = make_trainers(cfgs, tcfg, layout)
+    ranks = {"sharded": f"on a multiple of {layout.shard_latents} ranks with --shard-latents {layout.shard_latents}",
+             "points": "with any number of ranks up to the number of points",
+             "replicated": "with any number of ranks"}[layout.kind]
     try:
-        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w, shard_latents, independent)
+        return _run(source, trainers, folders, tcfg, out_dir, resume, overwrite, progress, w, layout)
     except distributed.PeerLost as exc:
         raise distributed.PeerLost(f"{exc}; resume from the last checkpoint in {out_dir} (--resume), {ranks}") from None
 
 
 def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
-         progress: bool, w: distributed.World, shards: int, independent: bool = False) -> dict:
-    sharded = shards > 1
+         progress: bool, w: distributed.World, layout: Layout) -> dict:
+    sharded, independent = layout.kind == "sharded", layout.kind == "points"
     lead = next(iter(trainers.values()))
     # Who writes checkpoints: rank 0, under latent sharding data-rank 0 of every latent group, and
     # every rank when each trains its own points.
-    writer = True if independent else lead.data_rank == 0 if sharded else w.is_main
+    writer = lead.writes_checkpoints
     if independent:
-        mine = distributed.on_some(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w, True)
+        mine = distributed.on_some(lambda: resume and all([resumable(folders[p], 1) for p in trainers]), w, True)
         found = distributed.all_gather_object(mine)
         if any(found) and not all(found):
             raise InterpError(f"only some of the hook points under {out_dir} have a checkpoint: train again with overwrite")
         resumed = all(found)
     else:
-        found = distributed.on_main(lambda: resume and all([resumable(folders[p], shards) for p in trainers]), w)
+        found = distributed.on_main(lambda: resume and all([resumable(folders[p], layout.shard_latents) for p in trainers]), w)
         resumed = distributed.share(found, w)
     if resumed:
         def load() -> None:
@@ -237,11 +218,11 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         else:
             distributed.on_main(load, w)
             for t in trainers.values():
-                broadcast_trainer(t, w)
+                broadcast_state(t, w)
         counts = {n for per_rank in distributed.all_gather_object([t.tokens for t in trainers.values()]) for n in per_rank}
         if len(counts) != 1:
             raise InterpError(f"checkpoints under {out_dir} are at different token counts: train again with overwrite")
-    start = next(iter(trainers.values())).tokens
+    start = lead.tokens
     stream = rebatch(open_at(source, start), tcfg.batch_size, tcfg.n_tokens - start)
 
     if not resumed:
@@ -256,17 +237,10 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
         sample = cat(head)  # the global sample: every rank reads the whole stream
         for p, t in trainers.items():
             t.initialise(pick(sample, p))
-            if not (sharded or independent):  # a sharded trainer's initialisation is deterministic, and its shards differ by rank
-                broadcast_trainer(t, w)
+            if layout.kind == "replicated":  # a sharded trainer's initialisation is deterministic, and its shards differ by rank
+                broadcast_state(t, w)
         if overwrite:
-            def clear() -> None:
-                for folder in folders.values():
-                    for name in RUN_FILES:
-                        (folder / name).unlink(missing_ok=True)
-                    for path in shard_files(folder):
-                        path.unlink()
-
-            distributed.on_some(clear, w, independent or w.is_main)  # rank 0, or every rank for its own points
+            distributed.on_some(lambda: [clear_run(f) for f in folders.values()], w, independent or w.is_main)
         stream = chain(head, stream)
 
     bar = tqdm(total=tcfg.n_tokens, initial=start, unit="tok", unit_scale=True, disable=not (progress and w.is_main),
@@ -293,14 +267,8 @@ def _run(source, trainers: dict, folders: dict, tcfg: TrainConfig, out_dir: Path
             for batch in stream:
                 distributed.fault_hook(lead.step, w)
                 with stop.busy():
-                    local = batch if sharded or independent else local_rows(batch, w)
                     for p, t in trainers.items():
-                        if sharded:
-                            t.train_step(t.local_rows(pick(batch, p)), rows(batch))
-                        elif t.world.parallel:
-                            t.train_step(pick(local, p), rows(batch))
-                        else:
-                            t.train_step(pick(batch, p))
+                        t.train_on(pick(batch, p))  # each trainer kind takes its own rows of the global batch
                     bar.update(rows(batch))
                     if lead.stats:
                         bar.set_postfix(mse=f"{lead.stats['mse']:.3g}", fvu=f"{lead.stats['fvu']:.3f}", L0=f"{lead.stats['l0']:.1f}",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ import torch
 from interp.errors import InterpError
 from interp import distributed
 from saes.architectures import SAE, SAEConfig, make_sae
-from saes.data_parallel import reduce_step
+from saes.data_parallel import local_rows, reduce_step
 
 
 @dataclass
@@ -108,8 +108,10 @@ def default_lr(cfg: SAEConfig, total_steps: int | None = None) -> float:
 class Trainer:
     """Training state of one SAE: model, Adam, counters. Driven batch by batch by `train_sae(s)`.
 
-    `initialise(sample)` once, then `train_step(batch)` per batch of raw activations `(n, d_in)`;
-    `final_sae()` gives the SAE for raw activations. `step` and `tokens` count what was trained.
+    `initialise(sample)` once, then `train_on(batch)` per global batch of raw activations `(n, d_in)`
+    (`train_step` on a batch already sliced for this rank); `final_sae()` gives the SAE for raw
+    activations. `step` and `tokens` count what was trained. `state_dict()` / `load_state_dict()` hold
+    everything a run needs to continue: checkpoints and the data-parallel broadcast both use them.
     """
 
     shard: tuple[int, int] | None = None  # (latent rank, latent ranks) of a latent-sharded trainer
@@ -120,17 +122,61 @@ class Trainer:
         self.device = train_cfg.resolved_device()
         self.world = distributed.world() if world is None else world
         self.autocast_dtype = autocast_dtype(train_cfg.autocast)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(train_cfg.seed)
-            self.sae = make_sae(sae_cfg)
-        self.sae.to(self.device)
+        self.sae = self.build_sae().to(self.device)
         self.opt = self.make_adam()
-        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.since_fired = torch.zeros(self.sae.W_dec.shape[0], dtype=torch.long, device=self.device)  # per held latent
         self.scale = 1.0
         self.step = 0
         self.tokens = 0
         self.stats: dict[str, float] = {}
         self.history: list[dict[str, float]] = []  # self.stats with step and tokens, every 10 steps
+
+    def build_sae(self) -> torch.nn.Module:
+        """The SAE this trainer trains, initialised under `tcfg.seed` (`make_sae`'s draw)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.tcfg.seed)
+            return make_sae(self.cfg)
+
+    @property
+    def writes_checkpoints(self) -> bool:
+        """Whether this rank writes the trainer's checkpoints (rank 0 of the ranks that train it)."""
+        return self.world.is_main
+
+    def train_on(self, batch: torch.Tensor) -> None:
+        """One step on a global batch `(n, d_in)`: data parallel, this rank trains on its slice."""
+        if self.world.parallel:
+            self.train_step(local_rows(batch, self.world), batch.shape[0])
+        else:
+            self.train_step(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """`{"tensors": {...}, "meta": {...}}`: the SAE's weights and buffers (`sae.<name>`), Adam's moments
+        (`adam.<param>.exp_avg`, `.exp_avg_sq`, in the parameter's shape), the per-latent counters
+        (`since_fired`); step, tokens, input scale, Adam's step counts, history, both configs and the shard."""
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        adam_steps = {}
+        for name, p in self.sae.named_parameters():
+            st = self.adam_state(p)
+            if st:
+                tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
+                tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+                adam_steps[name] = float(st["step"])
+        tensors["since_fired"] = self.since_fired
+        meta = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "adam_steps": adam_steps,
+                "history": self.history, "sae_cfg": self.cfg.to_dict(), "train_cfg": asdict(self.tcfg), "shard": self.shard}
+        return {"tensors": tensors, "meta": meta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` gave (tensors on any device; the configs are not read back here)."""
+        tensors, meta = state["tensors"], state["meta"]
+        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        for name, p in self.sae.named_parameters():
+            if name in meta["adam_steps"]:
+                self.set_adam_state(p, meta["adam_steps"][name], tensors[f"adam.{name}.exp_avg"],
+                                    tensors[f"adam.{name}.exp_avg_sq"])
+        self.since_fired.copy_(tensors["since_fired"])
+        self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
+        self.history = list(meta.get("history", []))
 
     def make_adam(self) -> torch.optim.Adam:
         """Adam over the SAE's parameters, with the fused kernel (one pass per tensor) on CPU and CUDA.

@@ -1,5 +1,5 @@
-"""Building steering vectors: from contrast sets (`mean_diff`, `pca_diff`), a probe or CAV normal
-(`from_direction`) or an SAE decoder row (`from_sae_feature`).
+"""Building steering vectors: from contrast sets (`mean_diff`, `pca_diff`), or any direction
+(`from_direction`: a probe or CAV normal, an SAE decoder row, ...).
 
 Contrast sets are read through `interp.readout.read` (one forward per batch for every point, the
 BOS token never read), so a vector sees exactly the activations a probe or CAV on the same texts
@@ -20,7 +20,6 @@ from interp.readout import text_hash, texts_fingerprint
 from interp.steering.vector import SteeringVector
 
 BUILD_POOLS = ("last", "mean")
-fingerprint = texts_fingerprint
 
 
 def _source(positive: Sequence[str], negative: Sequence[str]) -> dict:
@@ -113,14 +112,3 @@ def from_direction(
     norms = {p: float(resid_norm) for p in points} if resid_norm is not None else {}
     source = {"fingerprint": data_fingerprint} if data_fingerprint else {}
     return SteeringVector({p: direction.clone() for p in points}, model_name, method, norms, source, params)
-
-
-def from_sae_feature(
-    W_dec_row: torch.Tensor,
-    point: str | Sequence[str],
-    model_name: str,
-    feature: int | None = None,
-    resid_norm: float | None = None,
-) -> SteeringVector:
-    """An SAE decoder row `(d_in,)` as a steering vector (SAE rows are usually unit norm)."""
-    return from_direction(W_dec_row, point, model_name, method="sae_feature", resid_norm=resid_norm, feature=feature)

@@ -28,11 +28,11 @@ import torch
 
 from interp.atomic import atomic_path
 from interp.errors import InterpError
+from interp.hooks import layer_of
 from interp.steering.vector import SteeringVector
 
 ARCH = "controlvector"
 META_KEY = "interp.steering_vector"
-_POINT_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _TENSOR_RE = re.compile(r"^direction\.(\d+)$")
 
 
@@ -41,11 +41,10 @@ def gguf_layers(vector: SteeringVector) -> dict[int, torch.Tensor]:
     has no control-vector equivalent (anything but `blocks.L.hook_resid_post` with `L >= 1`)."""
     layers: dict[int, torch.Tensor] = {}
     for point, direction in vector.directions.items():
-        m = _POINT_RE.match(point)
-        if not m:
+        layer = layer_of(point)
+        if layer is None or point != f"blocks.{layer}.hook_resid_post":
             raise InterpError(f"cannot export {point} to GGUF: llama.cpp control vectors act only on block outputs "
                               "(blocks.L.hook_resid_post); rebuild the vector at resid_post points")
-        layer = int(m.group(1))
         if layer == 0:
             raise InterpError("cannot export blocks.0.hook_resid_post to GGUF: llama.cpp never steers block 0; "
                               "rebuild the vector at layers 1 and up")

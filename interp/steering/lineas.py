@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 from interp import manifest, readout
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
-from interp.hooks import HookManager, StopForward
+from interp.forward import StopForward
+from interp.hooks import HookManager
 from interp.models import model_device, model_name
 from interp.readout import text_hash, texts_fingerprint
 
@@ -362,7 +363,7 @@ def _check(model: Any, hm: HookManager, maps: LinEASMaps) -> None:
         raise InterpError(f"LinEAS points {maps.points} are not hook point names of this model: refit the maps on it")
     want = manifest.make_manifest(model_name(model), {p: int(model.cfg.d_model) for p in maps.points} if hm.is_bridge else {})
     want["points"] = list(maps.points)  # a plain module's widths are checked when the map runs
-    manifest.check_compatible(maps.manifest, want, f"the LinEAS maps (fitted for {maps.model_name!r}, width {maps.d_model})",
+    manifest.check_manifest(maps.manifest, want, f"the LinEAS maps (fitted for {maps.model_name!r}, width {maps.d_model})",
                               "load the model they were fitted on or refit them on this one")
 
 

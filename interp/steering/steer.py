@@ -27,13 +27,13 @@ ALPHA_UNITS = ("vector", "norm")
 POSITIONS = ("all", "prompt", "generated")
 
 
-def check_compatible(model, vector: SteeringVector) -> None:
+def check_vector(model, vector: SteeringVector) -> None:
     """Raise InterpError unless `vector`'s manifest fits `model`: same model name (unless either is
     unknown), every point a hook point of the model, and width `d_model` at each."""
     hm = HookManager(model)
     hm.resolve(vector.points)
     want = manifest.make_manifest(model_name(model), {p: int(model.cfg.d_model) for p in vector.points})
-    manifest.check_compatible(
+    manifest.check_manifest(
         vector.manifest, want, f"the steering vector (built for model {vector.model_name!r}, d_model {vector.d_model})",
         "load the model it was built for or rebuild the vector on this one",
     )
@@ -82,7 +82,7 @@ def apply(
     hm = HookManager(model)
     with ExitStack() as stack:
         for vec, a in zip(vectors, alphas):
-            check_compatible(model, vec)
+            check_vector(model, vec)
             for point, direction in scaled_directions(model, vec, alpha_unit).items():
                 stack.enter_context(hm.steer(direction, a, point, positions, norm_preserve))
         yield

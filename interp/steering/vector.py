@@ -8,7 +8,6 @@ and the project's manifest: model, points, widths, data fingerprint, ctx_len).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ import torch
 
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
+from interp.hooks import layer_of
 from interp.manifest import make_manifest
 
 FORMAT = "interp.steering_vector"
 VERSION = 2
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass
@@ -59,7 +58,7 @@ class SteeringVector:
 
     @property
     def layers(self) -> list[int | None]:
-        return [int(m.group(1)) if (m := _LAYER_RE.match(p)) else None for p in self.points]
+        return [layer_of(p) for p in self.points]
 
     @property
     def norms(self) -> dict[str, float]:

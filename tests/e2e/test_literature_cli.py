@@ -41,7 +41,7 @@ def test_tcav_global_fuses_the_sports_concept(tmp_path, class_inputs):
     # variance 0.049 -> 0.031; global 0.84 vs random 0.41, p = 0.007.
     out = tmp_path / "gcav"
     proc = interp("tcav", "--global", "--concept", "builtin:sports", "--inputs", str(class_inputs), "--target", " game",
-                  "--points", "resid_post:6,12,18", "--runs", "4", "--set-size", "30", "--out", str(out))
+                  "--hooks", "resid_post:6,12,18", "--runs", "4", "--set-size", "30", "--out", str(out))
     res = json.loads((out / "results.json").read_text())
     g = res["global"]
     print({k: g[k] for k in ("mean", "random_mean", "p_value")}, res["cross_layer_variance_before"], res["cross_layer_variance_after"])
@@ -59,7 +59,7 @@ def test_concepts_nmf_on_mlp_hidden_units(tmp_path, class_inputs):
     # activation space (food nouns, time words, function words and punctuation among the concepts).
     out = tmp_path / "nmf"
     proc = interp("concepts", "nmf", "--data", "builtin:sports", "--data", "builtin:food", "--data", "builtin:weather",
-                  "--data", "builtin:random", "--point", "blocks.12.mlp.hook_post", "--k", "8", "--max-tokens", "3000",
+                  "--data", "builtin:random", "--hook", "blocks.12.mlp.hook_post", "--n-concepts", "8", "--max-tokens", "3000",
                   "--target", " game", "--inputs", str(class_inputs), "--max-iter", "200", "--out", str(out))
     res = json.loads((out / "results.json").read_text())
     print(res["n_rows"], res["fve_activation"], [c["share"] for c in res["concepts"]])
@@ -80,7 +80,7 @@ def test_probe_semantic_entropy(tmp_path):
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows[:8] + rows[40:48]))
     out = tmp_path / "sep"
     interp("probe", "--target", "semantic-entropy", "--questions", str(questions), "--samples", "3", "--max-new-tokens", "8",
-           "--temperature", "0.5", "--points", "resid_post:9,18", "--out", str(out))
+           "--temperature", "0.5", "--hooks", "resid_post:9,18", "--out", str(out))
     res = json.loads((out / "results.json").read_text())
     entropies = [q["entropy"] for q in res["questions"]]
     print([round(h, 3) for h in entropies], res["threshold"], res["per_point"])

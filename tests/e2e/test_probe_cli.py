@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_probe_sweep_finds_sentiment_in_middle_layers(tmp_path):
     out = tmp_path / "probe"
-    proc = interp("probe", "--data", "builtin:sentiment", "--points", "resid_post:0,9,18", "--bootstrap", "200", "--out", str(out))
+    proc = interp("probe", "--data", "builtin:sentiment", "--hooks", "resid_post:0,9,18", "--bootstrap", "200", "--out", str(out))
     result = json.loads((out / "results.json").read_text())
     points = result["points"]
     acc = {p: m["accuracy"] for p, m in points.items()}
@@ -41,7 +41,7 @@ def test_tcav_separates_the_concept_and_reports_a_test(tmp_path):
         "The referee stopped play in the middle of the",
     ]) + "\n")
     interp("tcav", "--concept", "builtin:sports", "--random", "builtin", "--inputs", str(inputs), "--target", " game",
-           "--points", "resid_post:6", "--runs", "5", "--out", str(out))
+           "--hooks", "resid_post:6", "--runs", "5", "--out", str(out))
     result = json.loads((out / "results.json").read_text())
     stats = result["points"]["blocks.6.hook_resid_post"]
     print({k: stats[k] for k in ("mean", "random_mean", "p_value", "cav_accuracy_mean")})

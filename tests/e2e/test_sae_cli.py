@@ -9,6 +9,9 @@ activations from TransformerLens's `run_with_cache` on held-out text.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,8 +61,8 @@ def _losses(out: Path) -> list[float]:
 
 def test_streaming_sae_train_from_a_text_file(smol, prose, tmp_path):
     out = tmp_path / "sae"
-    proc = interp("sae", "train", "--model", "smollm2-135m", "--hook", POINT, "--arch", "topk", "--k", "16",
-                  "--width", "1152", "--tokens", str(STREAM_TOKENS), "--batch-size", "2048",
+    proc = interp("sae", "train", "--model", "smollm2-135m", "--hooks", POINT, "--arch", "topk", "--k", "16",
+                  "--width", "1152", "--tokens", str(STREAM_TOKENS), "--batch-tokens", "2048",
                   "--data", str(prose["train"]), "--eval-tokens", "2000", "--out", str(out))
     assert "saved the SAE" in proc.stdout
     training = json.loads((out / "training.json").read_text())
@@ -71,19 +74,35 @@ def test_streaming_sae_train_from_a_text_file(smol, prose, tmp_path):
     assert fve > FVE_FLOOR_STREAM
 
 
-def test_sae_train_from_a_store(smol, prose, tmp_path):
+def test_sae_train_from_a_store_of_your_own_text(smol, prose, tmp_path):
+    """`interp cache --data FILE`, then `interp sae train --store DIR` with no --data: the store carries
+    its text. Then the same under torchrun with 2 ranks, which trains the one-process SAE."""
     out, store = tmp_path / "sae", tmp_path / "store"
-    interp("sae", "train", "--model", "smollm2-135m", "--hook", POINT, "--arch", "topk", "--k", "16",
-           "--width", "1152", "--tokens", "60000", "--batch-size", "2048", "--data", str(prose["train"]),
-           "--store", str(store), "--eval-tokens", "2000", "--out", str(out))
+    interp("cache", "--model", "smollm2-135m", "--hooks", POINT, "--data", str(prose["train"]), "--tokens", "60000",
+           "--out", str(store))
+    train = ["sae", "train", "--model", "smollm2-135m", "--hooks", POINT, "--arch", "topk", "--k", "16", "--width", "1152",
+             "--tokens", "60000", "--batch-tokens", "2048", "--store", str(store)]
+    interp(*train, "--eval-tokens", "2000", "--out", str(out))
     manifest = json.loads((store / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["shards"]) == 60_000
+    results = json.loads((out / "results.json").read_text())
+    assert results["held_out"] is True and results["eval_contexts"][0] >= 60_000 // 127  # after the stored text
     fvu = _losses(out)
     assert fvu[-1] < 0.5 * fvu[0], fvu
     fve = heldout_fve(out, smol, prose["heldout"].read_text())
     print(f"store-trained SAE at {POINT}: held-out FVE {fve:.3f}")
     assert fve > FVE_FLOOR_STORE
     # The same command again refuses to overwrite the finished run.
-    again = interp("sae", "train", "--model", "smollm2-135m", "--hook", POINT, "--tokens", "60000",
-                   "--data", str(prose["train"]), "--store", str(store), "--out", str(out), check=False)
+    again = interp(*train, "--out", str(out), check=False)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and len(again.stderr.strip().splitlines()) == 1
+    # Under torchrun: the same store, still no --data; the 2 ranks read the one-process batches.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "interp", *train,
+           "--eval-tokens", "0", "--device", "cpu", "--out", str(tmp_path / "two"), "--dist-timeout", "300"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (load_file(str(d / "sae_weights.safetensors")) for d in (out, tmp_path / "two"))
+    cosine = torch.nn.functional.cosine_similarity(one["W_dec"], two["W_dec"], dim=1)
+    fve_two = heldout_fve(tmp_path / "two", smol, prose["heldout"].read_text())
+    print(f"2 ranks from the store: decoder-row cosine median {cosine.median().item():.5f}, held-out FVE {fve_two:.3f}")
+    assert cosine.median().item() >= 0.999 and abs(fve_two - fve) <= 0.01

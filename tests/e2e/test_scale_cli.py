@@ -28,7 +28,7 @@ from tests.e2e.cli import interp
 pytestmark = pytest.mark.slow
 
 ARGS = ["sae", "train", "--model", "default", "--layer", "3", "--arch", "topk", "--k", "16", "--expansion", "2",
-        "--tokens", "24000", "--batch-size", "1024", "--eval-tokens", "0", "--device", "cpu"]
+        "--tokens", "24000", "--batch-tokens", "1024", "--eval-tokens", "0", "--device", "cpu"]
 
 
 def test_two_ranks_stream_and_train_the_one_process_sae(tmp_path):

@@ -81,7 +81,9 @@ def test_sae_features_build_matches_the_api(capsys, tiny_llama_dir, tiny_model, 
                             tiny_llama_dir, *texts, "--n-features", "4", "--criterion", "mean_diff", "--out", out)
     assert code == 0, err
     vec = st.SteeringVector.load(out)
-    direct = st.sae_feature_vector(tiny_model, saes.load_sae(tmp_path / "sae"), POS, NEG, n_features=4, criterion="mean_diff")
+    from saes.steering import sae_feature_vector
+
+    direct = sae_feature_vector(tiny_model, saes.load_sae(tmp_path / "sae"), POS, NEG, n_features=4, criterion="mean_diff")
     assert vec.method == "sae_features" and vec.points == [P1]
     assert vec.params["latents"] == direct.params["latents"] and len(vec.params["latents"]) <= 4
     torch.testing.assert_close(vec.directions[P1], direct.directions[P1])

@@ -64,11 +64,31 @@ def test_token_activations_takes_the_fast_path_with_bridge_values(tiny_model, mo
     def no_bridge(*_args, **_kwargs):
         raise AssertionError("the bridge forward ran")
 
-    monkeypatch.setattr(HookManager, "collect", no_bridge)
+    monkeypatch.setattr(HookManager, "_collect_hooked", no_bridge)
     acts = token_activations(hm, tokens, names, torch.float32)
     for name in names:
         assert acts[name].shape == (3 * 23, tiny_model.cfg.d_model)
         assert torch.equal(acts[name], bridge[name].reshape(-1, tiny_model.cfg.d_model))
+
+
+def test_hook_manager_collect_chooses_the_route_itself(tiny_model, tiny_gpt2_dir):
+    """`hm.collect`, as users and every module call it, takes the plain forward where it is exact (and
+    says so in `last_route`), the bridge's hooks where it is not; the values equal run_with_cache."""
+    hm = HookManager(tiny_model)
+    tokens = _tokens(tiny_model)
+    names = _all_names(tiny_model)
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=names)
+    got = hm.collect(tokens, names)
+    assert hm.last_route == "plain" and all(torch.equal(got[n], cache[n]) for n in names)
+    mixed = [names[0], "blocks.0.ln1.hook_normalized"]  # a point the plain forward does not serve
+    got = hm.collect(tokens, mixed)
+    assert hm.last_route == "bridge" and torch.equal(got[names[0]], cache[names[0]])
+    with hm.steer(torch.ones(tiny_model.cfg.d_model), alpha=1.0, point="blocks.0.hook_resid_post"):
+        steered = hm.collect(tokens, "blocks.1.hook_resid_post")  # an edit in effect must be honoured
+    assert hm.last_route == "bridge" and not torch.equal(steered["blocks.1.hook_resid_post"], cache["blocks.1.hook_resid_post"])
+    gpt2 = HookManager(load_model(str(tiny_gpt2_dir), device="cpu"))
+    gpt2.collect(tokens % gpt2.model.cfg.d_vocab, "blocks.0.hook_resid_post")
+    assert gpt2.last_route == "bridge"
 
 
 def test_plain_model_shares_the_bridge_weights(tiny_model):

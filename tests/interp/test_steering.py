@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from interp import HookManager, InterpError, readout
+from interp.readout import texts_fingerprint
 from interp import steering as st
 se = st  # the evaluation functions live in the same package
 from interp.cli_steer import app
@@ -86,15 +87,15 @@ def test_manifest_is_recorded_and_old_folders_load(vec, tiny_model, tmp_path):
     vec.save(tmp_path / "v")
     meta = json.loads((tmp_path / "v" / "vector.json").read_text())
     widths = {p: 64 for p in vec.points}
-    assert meta["manifest"] == make_manifest(tiny_model.interp_name, widths, st.fingerprint(POS + NEG))
+    assert meta["manifest"] == make_manifest(tiny_model.interp_name, widths, texts_fingerprint(POS + NEG))
     assert meta["manifest"]["data_fingerprint"] == vec.source["fingerprint"]
     # a version-1 folder has no manifest: it loads, and the manifest is rebuilt from its fields
     del meta["manifest"]
     meta["version"] = 1
     (tmp_path / "v" / "vector.json").write_text(json.dumps(meta))
     old = st.SteeringVector.load(tmp_path / "v")
-    assert old.manifest == make_manifest(tiny_model.interp_name, widths, st.fingerprint(POS + NEG))
-    st.check_compatible(tiny_model, old)
+    assert old.manifest == make_manifest(tiny_model.interp_name, widths, texts_fingerprint(POS + NEG))
+    st.check_vector(tiny_model, old)
     # a manifest that contradicts the weights is refused
     meta["manifest"] = make_manifest(tiny_model.interp_name, {p: 32 for p in vec.points})
     (tmp_path / "v" / "vector.json").write_text(json.dumps(meta))
@@ -102,19 +103,19 @@ def test_manifest_is_recorded_and_old_folders_load(vec, tiny_model, tmp_path):
         st.SteeringVector.load(tmp_path / "v")
 
 
-def test_check_compatible_goes_through_the_manifest(tiny_model, monkeypatch):
+def test_check_vector_goes_through_the_manifest(tiny_model, monkeypatch):
     import interp.manifest
 
     seen = []
-    real = interp.manifest.check_compatible
-    monkeypatch.setattr(interp.manifest, "check_compatible", lambda have, want, what, fix="": seen.append((have, want)) or real(have, want, what, fix))
+    real = interp.manifest.check_manifest
+    monkeypatch.setattr(interp.manifest, "check_manifest", lambda have, want, what, fix="": seen.append((have, want)) or real(have, want, what, fix))
     v = st.from_direction(_unit(), P1, tiny_model.interp_name, data_fingerprint="abc")
     st.generate(tiny_model, PROMPT, v, 1.0, max_new_tokens=2)
     have, want = seen[0]
     assert have == {"model": tiny_model.interp_name, "points": [P1], "widths": {P1: 64}, "data_fingerprint": "abc", "ctx_len": None}
     assert want["widths"] == {P1: 64} and want["data_fingerprint"] is None
     with pytest.raises(InterpError, match="unknown hook point"):
-        st.check_compatible(tiny_model, st.from_direction(_unit(), "blocks.1.hook_nothing", tiny_model.interp_name))
+        st.check_vector(tiny_model, st.from_direction(_unit(), "blocks.1.hook_nothing", tiny_model.interp_name))
 
 
 def test_load_corrupt_or_missing(vec, tmp_path):
@@ -327,12 +328,12 @@ def test_cli_generate_from_probe_and_sae(tiny_llama_dir, tiny_model, tmp_path):
     write_safetensors(tmp_path / "probe" / "directions.safetensors", {P1: _unit()},
                       metadata={"format": "interp.probe_directions", "model": name, "points": json.dumps([P1])})
     r = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--prompt", PROMPT, "--probe", str(tmp_path / "probe"),
-                            "--point", "resid_post:1", "--alpha", "6", "--max-new-tokens", "6", "--temperature", "0"])
+                            "--hook", "resid_post:1", "--alpha", "6", "--max-new-tokens", "6", "--temperature", "0"])
     assert r.exit_code == 0, r.output
     expected = st.generate(tiny_model, PROMPT, st.from_direction(_unit(), P1, name), 6.0, max_new_tokens=6, temperature=0)
     assert r.stdout == expected + "\n"
     r = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--prompt", PROMPT, "--probe", str(tmp_path / "probe"),
-                            "--point", "resid_post:2", "--alpha", "6"])
+                            "--hook", "resid_post:2", "--alpha", "6"])
     assert "blocks.2.hook_resid_post" in _error(r) and "lack" in _error(r)
     saes = pytest.importorskip("saes.io")
     from saes.architectures import SAEConfig, make_sae
@@ -343,7 +344,7 @@ def test_cli_generate_from_probe_and_sae(tiny_llama_dir, tiny_model, tmp_path):
                             "--feature", "3", "--alpha", "6", "--max-new-tokens", "6", "--temperature", "0"])
     assert r.exit_code == 0, r.output
     row = saes.load_sae(tmp_path / "sae").W_dec[3].detach()
-    assert r.stdout == st.generate(tiny_model, PROMPT, st.from_sae_feature(row, P1, name), 6.0, max_new_tokens=6, temperature=0) + "\n"
+    assert r.stdout == st.generate(tiny_model, PROMPT, st.from_direction(row, P1, name, method="sae_feature", feature=3), 6.0, max_new_tokens=6, temperature=0) + "\n"
     r = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--prompt", PROMPT, "--sae", str(tmp_path / "sae"),
                             "--feature", "16", "--alpha", "1"])
     assert "--feature 16 is out of range" in str(r.exception)

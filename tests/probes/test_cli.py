@@ -36,7 +36,7 @@ def lines(tmp_path, name, texts):
 def test_probe_command_writes_outputs(app, tiny_llama_dir, tmp_path):
     out = tmp_path / "out"
     res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(labelled(tmp_path)),
-                              "--text-field", "sentence", "--label-field", "y", "--points", "resid_post:0-1",
+                              "--text-field", "sentence", "--label-field", "y", "--hooks", "resid_post:0-1",
                               "--out", str(out), "--bootstrap", "50", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
@@ -53,7 +53,7 @@ def test_probe_command_writes_outputs(app, tiny_llama_dir, tmp_path):
     typed = tmp_path / "typed.jsonl"
     typed.write_text("".join(json.dumps({**r, "kind": i % 6}) + "\n" for i, r in enumerate(rows)))
     res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(typed), "--text-field", "sentence",
-                              "--label-field", "y", "--type-field", "kind", "--points", "resid_post:1", "--C", "0.5",
+                              "--label-field", "y", "--type-field", "kind", "--hooks", "resid_post:1", "--C", "0.5",
                               "--out", str(out), "--bootstrap", "20"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
@@ -86,7 +86,7 @@ def test_tcav_command_writes_outputs(app, tiny_llama_dir, tmp_path):
     inputs = lines(tmp_path, "inputs.txt", ["I love this film", "The dog ran in the park", "Paris is the capital"])
     out = tmp_path / "tcav"
     res = runner.invoke(app, ["tcav", "--model", str(tiny_llama_dir), "--concept", str(concept), "--random", str(random),
-                              "--inputs", str(inputs), "--target", " the", "--points", "resid_post:1,2", "--runs", "3",
+                              "--inputs", str(inputs), "--target", " the", "--hooks", "resid_post:1,2", "--runs", "3",
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
@@ -101,7 +101,7 @@ def test_tcav_command_bad_input(app, tiny_llama_dir, tmp_path):
     concept = lines(tmp_path, "c.txt", [f"The cat sat {i}" for i in range(8)])
     inputs = lines(tmp_path, "i.txt", ["I love this film"])
     res = runner.invoke(app, ["tcav", "--model", str(tiny_llama_dir), "--concept", str(concept), "--inputs", str(inputs),
-                              "--target", "xylophonic", "--points", "resid_post:1", "--out", str(tmp_path / "o")])
+                              "--target", "xylophonic", "--hooks", "resid_post:1", "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, InterpError) and "splits into" in str(res.exception)
     empty = lines(tmp_path, "empty.txt", [""])
     res = runner.invoke(app, ["tcav", "--model", str(tiny_llama_dir), "--concept", str(empty), "--inputs", str(inputs),

@@ -42,7 +42,7 @@ def one_line_error(code, err, message, out_dir):
 def test_tcav_global_writes_the_gcav_result(capsys, tiny_llama_dir, tiny_model, tmp_path):
     concept, inputs, out = lines(tmp_path, "cats.txt", CONCEPT), lines(tmp_path, "inputs.txt", INPUTS), tmp_path / "gcav"
     code, stdout, err = run(capsys, "tcav", "--global", "--model", tiny_llama_dir, "--concept", concept, "--inputs", inputs,
-                            "--target", " the", "--points", "resid_post:0-2", "--runs", "3", "--seed", "1", "--out", out)
+                            "--target", " the", "--hooks", "resid_post:0-2", "--runs", "3", "--seed", "1", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
     direct = gcav(tiny_model, CONCEPT, builtin_random_texts(), INPUTS, " the", "resid_post:0-2", n_runs=3, seed=1, concept="cats")
@@ -60,16 +60,16 @@ def test_tcav_global_writes_the_gcav_result(capsys, tiny_llama_dir, tiny_model, 
 def test_tcav_global_bad_input(capsys, tiny_llama_dir, tmp_path):
     concept, inputs, out = lines(tmp_path, "cats.txt", CONCEPT), lines(tmp_path, "inputs.txt", INPUTS), tmp_path / "o"
     base = ["tcav", "--global", "--model", tiny_llama_dir, "--concept", concept, "--inputs", inputs, "--target", " the", "--out", out]
-    one_line_error(*run(capsys, *base, "--points", "resid_post:1")[::2], "at least 2 points", out)
-    one_line_error(*run(capsys, *base, "--points", "resid_post:0-1", "--runs", "1")[::2], "--runs 1", out)
-    one_line_error(*run(capsys, *base[:-4], "--target", "xylophonic", "--points", "resid_post:0-1", "--out", out)[::2],
+    one_line_error(*run(capsys, *base, "--hooks", "resid_post:1")[::2], "at least 2 points", out)
+    one_line_error(*run(capsys, *base, "--hooks", "resid_post:0-1", "--runs", "1")[::2], "--runs 1", out)
+    one_line_error(*run(capsys, *base[:-4], "--target", "xylophonic", "--hooks", "resid_post:0-1", "--out", out)[::2],
                    "splits into", out)
 
 
 def test_concepts_nmf_matches_the_api(capsys, tiny_llama_dir, tiny_model, tmp_path):
     data, out = lines(tmp_path, "texts.txt", TEXTS), tmp_path / "nmf"
-    code, stdout, err = run(capsys, "concepts", "nmf", "--model", tiny_llama_dir, "--data", data, "--point", "resid_post:1",
-                            "--k", "3", "--target", " the", "--max-tokens", "60", "--out", out)
+    code, stdout, err = run(capsys, "concepts", "nmf", "--model", tiny_llama_dir, "--data", data, "--hook", "resid_post:1",
+                            "--n-concepts", "3", "--target", " the", "--max-tokens", "60", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
     n_texts = res["n_inputs"]
@@ -86,15 +86,15 @@ def test_concepts_nmf_matches_the_api(capsys, tiny_llama_dir, tiny_model, tmp_pa
 
 @pytest.mark.parametrize("args, message", [
     (["--nonneg", "abs"], "unknown --nonneg 'abs'"),
-    (["--k", "0"], "--k must be at least 1"),
+    (["--n-concepts", "0"], "--n-concepts must be at least 1"),
     (["--data", "/nonexistent.txt"], "does not exist"),
-    (["--point", "blocks.1.hook_resid_pots"], "closest: blocks.1.hook_resid_post"),
+    (["--hook", "blocks.1.hook_resid_pots"], "closest: blocks.1.hook_resid_post"),
     (["--inputs", "INPUTS"], "--inputs is only used with --target"),
-    (["--level", "text", "--k", "30"], "fewer than --k 30"),
+    (["--level", "text", "--n-concepts", "30"], "fewer than --n-concepts 30"),
 ])
 def test_concepts_nmf_bad_input(capsys, tiny_llama_dir, tmp_path, args, message):
     data, out = lines(tmp_path, "texts.txt", TEXTS), tmp_path / "o"
-    opts = {"--model": tiny_llama_dir, "--data": data, "--point": "resid_post:1", "--k": "2", "--out": out}
+    opts = {"--model": tiny_llama_dir, "--data": data, "--hook": "resid_post:1", "--n-concepts": "2", "--out": out}
     opts.update({k: str(data) if v == "INPUTS" else v for k, v in zip(args[::2], args[1::2])})
     one_line_error(*run(capsys, "concepts", "nmf", *[x for kv in opts.items() for x in kv])[::2], message, out)
 
@@ -103,7 +103,7 @@ def test_probe_semantic_entropy_matches_the_api(capsys, tiny_llama_dir, tiny_mod
     qfile, out = tmp_path / "q.jsonl", tmp_path / "sep"
     qfile.write_text("".join(json.dumps({"question": q, "id": i}) + "\n" for i, q in enumerate(QUESTIONS)))
     code, stdout, err = run(capsys, "probe", "--target", "semantic-entropy", "--questions", qfile, "--model", tiny_llama_dir,
-                            "--points", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
+                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
                             "--task", "regression", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
@@ -116,7 +116,7 @@ def test_probe_semantic_entropy_matches_the_api(capsys, tiny_llama_dir, tiny_mod
         assert res["per_point"][p]["r2"] == pytest.approx(direct["per_point"][p]["r2"], nan_ok=True)
     assert "semantic-entropy probe: 8 questions x 3 answers" in stdout and "plotly" in (out / "report.html").read_text()
     code, stdout, err = run(capsys, "probe", "--target", "semantic-entropy", "--questions", qfile, "--model", tiny_llama_dir,
-                            "--points", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
+                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
                             "--threshold", "median", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
@@ -133,7 +133,7 @@ def test_probe_semantic_entropy_matches_the_api(capsys, tiny_llama_dir, tiny_mod
     (["--samples", "1"], "at least 2 answers"),
     (["--questions", "/nonexistent.jsonl"], "does not exist"),
     (["--questions", "BAD"], "not JSON lines"),
-    (["--limit", "3"], "3 questions are too few"),
+    (["--max-texts", "3"], "3 questions are too few"),
     (["--threshold", "middle"], "unknown --threshold 'middle'"),
     (["--task", "ranking"], "unknown --task 'ranking'"),
 ])
@@ -141,7 +141,7 @@ def test_probe_semantic_entropy_bad_input(capsys, tiny_llama_dir, tmp_path, args
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     args = [str(tmp_path / "bad.jsonl") if a == "BAD" else a for a in args]
     out = tmp_path / "o"
-    base = ["probe", "--model", tiny_llama_dir, "--points", "resid_post:1", "--samples", "2", "--max-new-tokens", "1", "--out", out]
+    base = ["probe", "--model", tiny_llama_dir, "--hooks", "resid_post:1", "--samples", "2", "--max-new-tokens", "1", "--out", out]
     if "--target" not in args:
         base += ["--target", "semantic-entropy"]
     one_line_error(*run(capsys, *base, *args)[::2], message, out)

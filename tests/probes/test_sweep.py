@@ -10,10 +10,10 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from interp import HookManager
+from interp import HookManager, readout
 from interp.errors import InterpError
 from interp.readout import texts_fingerprint
-from probes import harvest, load_directions, probe_activations, probe_direction, probe_layers
+from probes import load_directions, probe_activations, probe_direction, probe_layers
 from probes.regularization import DEFAULT_CS
 
 ANIMALS = ["cat", "dog"]
@@ -55,8 +55,8 @@ def test_harvest_matches_unpadded_single_text_forwards(tiny_model):
     texts, _ = dataset(10)
     hm = HookManager(tiny_model)
     points = hm.resolve("resid_post:all")
-    last = harvest(tiny_model, texts, points, pool="last", batch_size=4, progress=False)
-    mean = harvest(tiny_model, texts, points, pool="mean", batch_size=4, progress=False)
+    last = readout.read(tiny_model, texts, points, pool="last", batch_size=4, progress=False)
+    mean = readout.read(tiny_model, texts, points, pool="mean", batch_size=4, progress=False)
     for i, text in enumerate(texts):
         cap = hm.collect(tiny_model.to_tokens(text), points)
         for p in points:
@@ -67,7 +67,7 @@ def test_harvest_matches_unpadded_single_text_forwards(tiny_model):
 def test_sweep_numbers_match_an_independent_sklearn_run(tiny_model):
     texts, labels = dataset(40)
     result = probe_layers(tiny_model, texts, labels, test_size=0.25, n_bootstrap=200, seed=3, progress=False)
-    feats = harvest(tiny_model, texts, result.points, progress=False)
+    feats = readout.read(tiny_model, texts, result.points, progress=False)
     y = np.array(labels)
     train, test = np.array(result.split["train"]), np.array(result.split["test"])
     assert len(test) == 10 and len(train) == 30 and result.n_test == 10

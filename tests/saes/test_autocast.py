@@ -108,7 +108,7 @@ def test_cli_autocast_trains_in_bf16_and_saves_float32(tiny_llama_dir, tmp_path,
     from interp.cli import main
 
     common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-              "--tokens", "1000", "--batch-size", "128", "--ctx-len", "32", "--eval-tokens", "0", "--device", "cpu"]
+              "--tokens", "1000", "--batch-tokens", "128", "--ctx-len", "32", "--eval-tokens", "0", "--device", "cpu"]
     assert main([*common, "--autocast", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
     record = json.loads((tmp_path / "bf16" / "training.json").read_text())
     assert record["train_cfg"]["autocast"] == "bfloat16" and record["final"]["fvu"] < 1

@@ -37,7 +37,7 @@ def trained(tiny_llama_dir, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae")
     result = runner.invoke(app, [
         "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-        "--tokens", "2400", "--batch-size", "256", "--data", corpus, "--ctx-len", "32", "--out", str(out),
+        "--tokens", "2400", "--batch-tokens", "256", "--data", corpus, "--ctx-len", "32", "--out", str(out),
         "--eval-tokens", "300",
     ])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -73,7 +73,7 @@ def test_eval_command(trained, tiny_llama_dir, corpus, tmp_path):
 def test_features_command(trained, tiny_llama_dir, corpus, tmp_path):
     out, _ = trained
     result = runner.invoke(app, ["features", str(out), "--model", str(tiny_llama_dir), "--data", corpus, "--tokens", "400",
-                                 "--latents", "0-9,20", "--n-top", "3", "--out", str(tmp_path)])
+                                 "--latents", "0-9,20", "--top-n", "3", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     feats = json.loads((tmp_path / "features.json").read_text())
     assert [e["index"] for e in feats["latents"]] == [*range(10), 20]
@@ -141,7 +141,7 @@ def _errors(capsys) -> list[str]:
 
 def _train_args(tiny_llama_dir, corpus, out, *extra):
     return ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-            "--batch-size", "256", "--data", corpus, "--ctx-len", "32", "--out", str(out), *extra]
+            "--batch-tokens", "256", "--data", corpus, "--ctx-len", "32", "--out", str(out), *extra]
 
 
 def test_a_folder_holding_a_run_is_not_overwritten_by_accident(trained, tiny_llama_dir, corpus, tmp_path, capsys):
@@ -183,6 +183,80 @@ def test_store_made_with_other_settings_is_refused(tiny_llama_dir, corpus, tmp_p
     err = _errors(capsys)
     assert len(err) == 1 and "ctx_len 32 vs 64" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_store_of_your_own_text_trains_with_no_data_option(tiny_llama_dir, corpus, tmp_path, capsys):
+    """`interp cache --data FILE` then `interp sae train --store DIR`: the store carries its text, so
+    nothing is repeated; another text named by --data is refused in one line naming both."""
+    store = tmp_path / "store"
+    assert main(["cache", "--model", str(tiny_llama_dir), "--hooks", "blocks.1.hook_resid_post", "--data", corpus,
+                 "--tokens", "1200", "--ctx-len", "32", "--out", str(store)]) == 0
+    train = ["sae", "train", "--model", str(tiny_llama_dir), "--hooks", "blocks.1.hook_resid_post", "--arch", "topk", "--k", "4",
+             "--expansion", "2", "--batch-tokens", "256", "--ctx-len", "32", "--tokens", "1200", "--store", str(store)]
+    assert main([*train, "--out", str(tmp_path / "sae"), "--eval-tokens", "300"]) == 0
+    sae = load_sae(tmp_path / "sae")
+    results = json.loads((tmp_path / "sae" / "results.json").read_text())
+    # trained and evaluated on the store's own text: evaluation starts after the stored contexts
+    assert sae.cfg.dataset == str(os.path.realpath(corpus)) and results["held_out"] is True
+    assert results["eval_contexts"][0] >= math.ceil(1200 / 31)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert sae.cfg.manifest["data_fingerprint"] == manifest["data_fingerprint"]
+    # the same text at another path is the same text
+    copy = tmp_path / "copy.txt"
+    copy.write_text(TEXT)
+    assert main([*train, "--data", str(copy), "--out", str(tmp_path / "sae2"), "--eval-tokens", "0"]) == 0
+    capsys.readouterr()
+    # other text is refused before anything is written, naming both
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.replace("cat", "fox"))
+    assert main([*train, "--data", str(other), "--out", str(tmp_path / "sae3"), "--eval-tokens", "0"]) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and f"--data {other} is not the text the store at {store} was made from ({os.path.realpath(corpus)}" in err[0]
+    assert not (tmp_path / "sae3").exists()
+    # the store's text moved away: training needs only the store; evaluation says where it went instead
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    corpus_copy = tmp_path / "gone.txt"
+    corpus_copy.write_text(TEXT)
+    store2 = tmp_path / "store2"
+    assert main(["cache", "--model", str(tiny_llama_dir), "--hooks", "blocks.1.hook_resid_post", "--data", str(corpus_copy),
+                 "--tokens", "1200", "--ctx-len", "32", "--out", str(store2)]) == 0
+    corpus_copy.rename(moved / "gone.txt")
+    capsys.readouterr()
+    run = [*train[:-1], str(store2), "--out", str(tmp_path / "sae4")]
+    assert main([*run, "--eval-tokens", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot be read here; evaluating on the built-in corpus" in " ".join(out.split())
+    assert json.loads((tmp_path / "sae4" / "results.json").read_text())["n_tokens"] > 0
+    # ...and a store that would need more of that text says so in one line
+    assert main([*run[:-1], str(tmp_path / "sae5"), "--tokens", "5000", "--extend"]) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and "cannot be read here to harvest more" in err[0]
+
+
+def test_a_store_says_how_much_it_holds_and_grows_only_when_asked(tiny_llama_dir, corpus, tmp_path, capsys):
+    """Without --tokens, training reads every token the store holds; asking for more is refused unless
+    --extend, which says first how many tokens it harvests from which text."""
+    store = tmp_path / "store"
+    assert main(["cache", "--model", str(tiny_llama_dir), "--hooks", "blocks.1.hook_resid_post", "--data", corpus,
+                 "--tokens", "1000", "--ctx-len", "32", "--out", str(store)]) == 0
+    train = ["sae", "train", "--model", str(tiny_llama_dir), "--hooks", "blocks.1.hook_resid_post", "--k", "4", "--expansion", "2",
+             "--batch-tokens", "200", "--ctx-len", "32", "--store", str(store), "--eval-tokens", "0"]
+    capsys.readouterr()
+    assert main([*train, "--out", str(tmp_path / "a")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"training on the 1,000 tokens in {store}" in out
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["tokens"] == 1000
+    before = (store / "manifest.json").read_text()
+    assert main([*train, "--tokens", "1600", "--out", str(tmp_path / "b")]) == 1
+    err = _errors(capsys)
+    assert len(err) == 1 and "holds 1,000 tokens and --tokens asks for 1,600: pass --extend to harvest the other 600" in err[0]
+    assert (store / "manifest.json").read_text() == before and not (tmp_path / "b").exists()
+    assert main([*train, "--tokens", "1600", "--extend", "--out", str(tmp_path / "b")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"harvesting 600 tokens of {os.path.realpath(corpus)} at blocks.1.hook_resid_post into {store} (it holds 1,000)" in out
+    assert json.loads((store / "manifest.json").read_text())["n_tokens"] == 1600
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["tokens"] == 1600
 
 
 def test_evaluation_text_is_disjoint_from_training_text(tiny_llama_dir, corpus, tmp_path):
@@ -260,7 +334,7 @@ def test_bf16_model_and_store_train_an_sae_close_to_the_float32_one(tiny_llama_d
     def run(name, *extra):
         out, store = tmp_path / name, tmp_path / f"{name}-store"
         result = runner.invoke(app, ["train", "--model", str(tiny_llama_dir), "--layer", "1", "--k", "4", "--expansion", "2",
-                                     "--tokens", "1200", "--batch-size", "200", "--data", corpus, "--ctx-len", "32",
+                                     "--tokens", "1200", "--batch-tokens", "200", "--data", corpus, "--ctx-len", "32",
                                      "--store", str(store), "--out", str(out), "--eval-tokens", "0", *extra])
         assert result.exit_code == 0, result.output + repr(result.exception)
         return ActivationStore(store), load_sae(out), result.output

@@ -1,6 +1,6 @@
 """Several hook points from one harvest, and `--distribute-points`: hook points per rank under torchrun.
 
-One process with `--hook resid_post:0-1` must train the SAEs two single-point runs train; two gloo
+One process with `--hooks resid_post:0-1` must train the SAEs two single-point runs train; two gloo
 ranks with `--distribute-points` must train the same two, each written by the rank that owns it.
 """
 
@@ -37,7 +37,7 @@ sys.addaudithook(_hook)
 
 def _common(model_dir: Path) -> list[str]:
     return ["sae", "train", "--model", str(model_dir), "--arch", "topk", "--k", "4", "--expansion", "2", "--tokens", "1000",
-            "--batch-size", "128", "--data", "builtin", "--ctx-len", "32", "--checkpoint-steps", "3", "--device", "cpu",
+            "--batch-tokens", "128", "--data", "builtin", "--ctx-len", "32", "--checkpoint-steps", "3", "--device", "cpu",
             "--seed", "3"]
 
 
@@ -48,7 +48,7 @@ def runs(tiny_llama_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("points")
     common = _common(tiny_llama_dir)
-    assert main([*common, "--hook", "resid_post:0-1", "--out", str(root / "multi"), "--eval-tokens", "124"]) == 0
+    assert main([*common, "--hooks", "resid_post:0-1", "--out", str(root / "multi"), "--eval-tokens", "124"]) == 0
     for layer in (0, 1):
         assert main([*common, "--layer", str(layer), "--out", str(root / f"single{layer}"), "--eval-tokens", "0"]) == 0
     return root
@@ -73,7 +73,7 @@ def test_distribute_points_over_two_ranks_equals_one_process(runs, tiny_llama_di
     (site / "sitecustomize.py").write_text(WATCH)
     out, log = tmp_path / "dist", tmp_path / "writes"
     environ = env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", WATCH_OUT=str(out.resolve()), WATCH_LOG=str(log))
-    proc = torchrun("-m", "interp", *_common(tiny_llama_dir), "--hook", "resid_post:0-1", "--distribute-points", "--eval-tokens",
+    proc = torchrun("-m", "interp", *_common(tiny_llama_dir), "--hooks", "resid_post:0-1", "--distribute-points", "--eval-tokens",
                     "0", "--out", str(out), "--dist-timeout", "30", timeout=120, environ=environ)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank, point in enumerate(POINTS):
@@ -99,7 +99,7 @@ def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
     assert "saes/" not in few.stderr  # one line per rank, no traceback from the trainer (torchrun adds its own report)
     assert not (tmp_path / "few").exists()
     # Not with latent sharding (refused before the model loads).
-    code = main([*common, "--hook", "resid_post:0-1", "--distribute-points", "--shard-latents", "2", "--out", str(tmp_path / "sh")])
+    code = main([*common, "--hooks", "resid_post:0-1", "--distribute-points", "--shard-latents", "2", "--out", str(tmp_path / "sh")])
     assert code == 1 and not (tmp_path / "sh").exists()
     assert capsys.readouterr().err.strip() == ("error: --distribute-points and --shard-latents cannot be combined (not supported): "
                                                "drop one of them")
@@ -113,7 +113,7 @@ def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_distribute_points_a_dead_rank_is_one_line_on_the_other(tiny_llama_dir, tmp_path):
-    args = [*_common(tiny_llama_dir), "--hook", "resid_post:0-1", "--distribute-points", "--eval-tokens", "0",
+    args = [*_common(tiny_llama_dir), "--hooks", "resid_post:0-1", "--distribute-points", "--eval-tokens", "0",
             "--out", str(tmp_path / "dead"), "--dist-timeout", "30"]
     # started by hand with torchrun's variables: no launcher to SIGTERM the survivor
     procs = start_ranks(["-m", "interp", *args], INTERP_TEST_FAULT="1:3:kill")

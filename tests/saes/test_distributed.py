@@ -218,7 +218,7 @@ def test_resume_refuses_another_global_batch(data, tmp_path):
     (out / "cfg.json").unlink()
     cfg, tcfg = _configs("topk")
     tcfg.batch_size = 32
-    with pytest.raises(InterpError, match="trained on batches of 64 tokens .* resume with --batch-size 64"):
+    with pytest.raises(InterpError, match="trained on batches of 64 tokens .* resume with --batch-tokens 64"):
         train_sae(_source(data), cfg, tcfg, out, resume=True, progress=False)
 
 
@@ -227,7 +227,7 @@ def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_p
 
     store = tmp_path / "store"
     common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-              "--tokens", "1000", "--batch-size", "128", "--data", "builtin", "--ctx-len", "32", "--store", str(store),
+              "--tokens", "1000", "--batch-tokens", "128", "--data", "builtin", "--ctx-len", "32", "--store", str(store),
               "--eval-tokens", "0", "--checkpoint-steps", "2", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0  # builds the store, then trains in one process
     start = time.monotonic()
@@ -249,7 +249,7 @@ def test_torchrun_cli_streams_with_the_forwards_split_over_the_ranks(tiny_llama_
     from interp.cli import main
 
     common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-              "--tokens", "1200", "--batch-size", "128", "--data", "builtin", "--ctx-len", "32",
+              "--tokens", "1200", "--batch-tokens", "128", "--data", "builtin", "--ctx-len", "32",
               "--eval-tokens", "0", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     proc = torchrun("-m", "interp", *common, "--out", str(tmp_path / "two"), "--dist-timeout", "30", timeout=240)

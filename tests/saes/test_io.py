@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from interp import HookManager
 from interp.errors import InterpError
 from saes.architectures import SAEConfig, make_sae
-from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, check_compatible, load_sae, save_sae
+from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, check_sae, load_sae, save_sae
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 SAELENS_ARCHS = ("relu", "topk", "batchtopk", "jumprelu")  # top-AFA has no SAELens counterpart
@@ -117,16 +117,16 @@ def test_shape_mismatch_raises(tmp_path):
         load_sae(tmp_path)
 
 
-def test_check_compatible(tiny_model):
+def test_check_sae(tiny_model):
     hm = HookManager(tiny_model)
     sae = random_sae("topk", d_in=64, hook="blocks.1.hook_resid_post")
-    assert check_compatible(sae, tiny_model) == "blocks.1.hook_resid_post"
-    assert check_compatible(sae, hm, "resid_post:1") == "blocks.1.hook_resid_post"
+    assert check_sae(sae, tiny_model) == "blocks.1.hook_resid_post"
+    assert check_sae(sae, hm, "resid_post:1") == "blocks.1.hook_resid_post"
     with pytest.raises(InterpError, match="trained on blocks.1.hook_resid_post, not blocks.2.hook_resid_post"):
-        check_compatible(sae, hm, "blocks.2.hook_resid_post")
+        check_sae(sae, hm, "blocks.2.hook_resid_post")
     narrow = random_sae("topk", d_in=32, hook="blocks.1.hook_resid_post")
     with pytest.raises(InterpError, match=r"the SAE was made with other settings \(width blocks.1.hook_resid_post 32 vs 64\)"):
-        check_compatible(narrow, hm)
+        check_sae(narrow, hm)
 
 
 def test_save_cut_short_between_weights_and_cfg_is_detected(tmp_path, monkeypatch):
@@ -159,10 +159,10 @@ def test_manifest_is_saved_and_checked(tiny_model, tmp_path):
     loaded = load_sae(tmp_path)
     assert json.loads((tmp_path / CFG_FILENAME).read_text())["metadata"]["interp"]["manifest"] == sae.cfg.manifest
     with pytest.raises(InterpError, match=r"model 'some-other-model' vs '.+'"):
-        check_compatible(loaded, tiny_model)
-    assert check_compatible(loaded, tiny_model, check_model=False) == "blocks.1.hook_resid_post"
+        check_sae(loaded, tiny_model)
+    assert check_sae(loaded, tiny_model, check_model=False) == "blocks.1.hook_resid_post"
     loaded.cfg.manifest = {**loaded.cfg.manifest, "model": tiny_model.interp_name}
-    assert check_compatible(loaded, tiny_model) == "blocks.1.hook_resid_post"
+    assert check_sae(loaded, tiny_model) == "blocks.1.hook_resid_post"
 
 
 # ---------------------------------------------------------------- SAELens interop (separate venv)

@@ -30,7 +30,7 @@ def run(tiny_llama_dir, tmp_path_factory):
     """The common command line, and the one-process reference trained with it (which builds the store)."""
     tmp = tmp_path_factory.mktemp("shard_latents")
     common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-              "--tokens", "1000", "--batch-size", "128", "--data", "builtin", "--ctx-len", "32", "--store", str(tmp / "store"),
+              "--tokens", "1000", "--batch-tokens", "128", "--data", "builtin", "--ctx-len", "32", "--store", str(tmp / "store"),
               "--eval-tokens", "0", "--checkpoint-steps", "2", "--device", "cpu", "--checkpoint-minutes", "0"]
     ref = tmp / "one"
     assert main([*common, "--out", str(ref)]) == 0

@@ -21,8 +21,10 @@ A small `eps` under the square root keeps a latent that never varies (`delta_j =
 Activations `z` are SAE encodings of token activations read through `interp.readout` (BOS never
 read), per text (`level="text"`: the `pool` of the text's token encodings) or per token.
 
-`interp` does not import `saes`: `sae` is any object with `encode(x (n, d_in)) -> (n, d_sae)`,
-`W_dec (d_sae, d_in)` and, optionally, `cfg.hook_name`.
+`sae` is any object with `encode(x (n, d_in)) -> (n, d_sae)`, `W_dec (d_sae, d_in)` and,
+optionally, `cfg.hook_name` (an `saes` SAE, or one from elsewhere). `feature_vector` makes one
+latent's decoder row a vector. Both hand the core a plain `SteeringVector`; `saes.cli_steer`
+plugs them into `interp steer build --method sae-features` and `interp steer generate --sae`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from interp.errors import InterpError
 from interp.hooks import HookManager
 from interp.models import model_name
 from interp.readout import text_hash, texts_fingerprint
+from interp.steering.build import from_direction
 from interp.steering.vector import SteeringVector
 
 CRITERIA = ("effect_size", "paired", "mean_diff")
@@ -219,3 +222,17 @@ def sae_feature_vector(
               "n_samples": [effects.n_positive, effects.n_negative]}
     return SteeringVector({effects.point: direction}, model_name(model), "sae_features",
                           {effects.point: info["mean_norm"]}, source, params)
+
+
+def feature_vector(sae: Any, feature: int, point: str | None = None) -> SteeringVector:
+    """Latent `feature`'s decoder row `W_dec[feature] (d_in,)` as a steering vector at the SAE's hook point
+    (or `point`), recorded with method `sae_feature` and the latent's index."""
+    n = int(sae.W_dec.shape[0])
+    if not 0 <= feature < n:
+        raise InterpError(f"latent {feature} is out of range: the SAE has {n} latents (0 to {n - 1})")
+    cfg = getattr(sae, "cfg", None)
+    where = point or getattr(cfg, "hook_name", "") or ""
+    if not where:
+        raise InterpError("the SAE names no hook point: pass point=<hook point it was trained on>")
+    row = sae.W_dec[feature].detach().float().cpu()
+    return from_direction(row, where, str(getattr(cfg, "model_name", "") or ""), method="sae_feature", feature=feature)

@@ -8,8 +8,8 @@ import torch
 
 from interp import InterpError, readout
 from interp.steering import SteeringVector
-from interp.steering.sae_select import latent_effects, sae_feature_vector
 from saes.architectures import SAEConfig, make_sae
+from saes.steering import latent_effects, sae_feature_vector
 
 P = "blocks.1.hook_resid_post"
 # Words of the tiny tokenizer's corpus (few tokens in all); no two texts share a first word, so no token of
@@ -21,18 +21,25 @@ PLANT_POS, PLANT_NEG, CONST_1, CONST_HALF = 5, 6, 0, 1
 
 @pytest.fixture(scope="module")
 def planted(tiny_model):
-    """A ReLU SAE (d_sae 8) on `P`: latent 5 is exactly 1 on every token of POS and 0 on NEG, latent
-    6 the reverse, latents 0 and 1 are constant on every token (1 and 0.5), the rest random."""
+    """A ReLU SAE (d_sae 8) on `P`: latent 5 is exactly 1 on every token of POS and 0 on NEG; latent 6
+    is 0 on POS and, on the tokens of NEG text i, 1.1 or 0.9 (i even or odd: mean 1 over the texts);
+    latents 0 and 1 are constant on every token (1 and 0.5), the rest random.
+
+    Latent 5 separates the sets with no spread (Cohen's d ~ 1 / rounding noise ~ 1e5), latent 6 with a
+    planted spread (d ~ 12), so latent 5 ranks first by a margin no kernel's rounding can flip; two
+    latents without spread would tie, and rounding alone would order them."""
     acts, text_index, _ = readout.read_tokens(tiny_model, POS + NEG, [P])
     x = acts[P].double()
     assert x.shape[0] < x.shape[1]  # fewer tokens than dimensions: exact interpolation exists
-    sign = torch.where(text_index < len(POS), 1.0, -1.0).double()
-    w_pos = torch.linalg.lstsq(x, sign.unsqueeze(1), driver="gelsd").solution[:, 0]
+    is_pos = text_index < len(POS)
+    sign = torch.where(is_pos, 1.0, -1.0).double()
+    neg_target = torch.where(is_pos, -1.0, 1.0 + 0.1 * (1 - 2 * (text_index % 2))).double()
+    w_pos, w_neg = torch.linalg.lstsq(x, torch.stack([sign, neg_target], 1), driver="gelsd").solution.T
     g = torch.Generator().manual_seed(0)
     sae = make_sae(SAEConfig(d_in=64, d_sae=8, arch="relu", apply_b_dec_to_input=False, hook_name=P))
     with torch.no_grad():
         W_enc = torch.randn(64, 8, generator=g) / 8
-        W_enc[:, PLANT_POS], W_enc[:, PLANT_NEG] = w_pos.float(), -w_pos.float()
+        W_enc[:, PLANT_POS], W_enc[:, PLANT_NEG] = w_pos.float(), w_neg.float()
         W_enc[:, [CONST_1, CONST_HALF]] = 0
         b_enc = torch.zeros(8)
         b_enc[CONST_1], b_enc[CONST_HALF] = 1.0, 0.5
