@@ -35,12 +35,11 @@ import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ROW_NAMES = ("versions", "tests", "sae train", "topk step", "sparsify", "overlap", "sharded")
 
 # Real run (CUDA) and dry run (CPU, toy sizes): the sizes each step runs at.
 SIZES = {
@@ -95,7 +94,7 @@ class Steps:
         """Seconds for step `name`: its cap, less what the `left_after` later steps need at least."""
         return max(1.0, min(self.caps[name], self.deadline - time.monotonic() - MIN_STEP_S * left_after))
 
-    def run(self, name: str, cmd: list[str], left_after: int, env: dict | None = None) -> tuple[int | None, str, float]:
+    def run(self, name: str, cmd: list[str], left_after: int) -> tuple[int | None, str, float]:
         """(exit status or None on timeout, the output's tail, seconds); the whole output goes to `workdir/<name>.log`."""
         limit = self.budget(name, left_after)
         log = self.work / f"{name.replace(' ', '_')}.log"
@@ -103,7 +102,7 @@ class Steps:
         with open(log, "w") as out:
             out.write("$ " + " ".join(cmd) + "\n")
             out.flush()
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             try:
                 code = proc.wait(timeout=limit)
@@ -394,30 +393,22 @@ def main(argv=None) -> int:
         env["OMP_NUM_THREADS"] = "1"  # toy sizes: one thread each is fastest, above all on shared cores
     s = Steps(args, env)
     device = "cpu" if args.dry_run else "cuda"
-    rows: list[Row] = []
-    notes = []
-    model, model_error = "default", None
+    model, missing = "default", None
     try:
         if args.corpus:
-            notes.append(prepare_corpus(Path(args.corpus), env))
+            print(prepare_corpus(Path(args.corpus), env), flush=True)
         if args.dry_run:
             model = str(make_tiny(work, env))
         elif args.gguf:
             env["PYTHONPATH"] = os.pathsep.join([str(prepare_gguf(Path(args.gguf), work)), env["PYTHONPATH"]])
     except Exception as exc:  # the steps that need no model still run
-        model_error = f"{type(exc).__name__}: {exc}"
-    for note in notes:
-        print(note, flush=True)
+        missing = Row("", "-", "FAIL", f"model or corpus: {type(exc).__name__}: {exc}")
 
     row, versions = step_versions(s)
-    rows.append(row)
-    rows.append(step_tests(s, device))
-    if model_error:
-        rows.append(Row("sae train", "-", "FAIL", "model or corpus: " + model_error))
-    else:
-        rows.append(step_train(s, model, device))
+    rows = [row, step_tests(s, device)]
+    rows.append(replace(missing, check="sae train") if missing else step_train(s, model, device))
     rows.extend(step_topk(s, device))
-    rows.append(Row("overlap", "-", "FAIL", "model or corpus: " + model_error) if model_error else step_overlap(s, model, device))
+    rows.append(replace(missing, check="overlap") if missing else step_overlap(s, model, device))
     rows.append(step_sharded(s))
     elapsed = time.monotonic() - start
     print_table(rows, versions, args.dry_run, elapsed)
