@@ -6,7 +6,8 @@ All figures come from one run on the same in-memory activations `(batch, d_in)`:
 - dense:   the same trainer and SAE, but the loss goes through dense `(batch, d_sae)` activations
            and plain autograd (what the sparse kernels replace)
 - ceiling: this machine's dense matmul rate, measured on the encoder product
-           `(batch, d_in) @ (d_in, d_sae)` (the faster of a fresh and a reused output); a TopK step
+           `(batch, d_in) @ (d_in, d_sae)` (the faster of a fresh and a reused output), in float32, or in
+           the `--autocast` dtype when given (the dtype the step's encoder product then runs in); a TopK step
            with a sparse backward costs that one product (2 * batch * d_in * d_sae FLOPs) plus
            O(batch * d_sae) selection and O(batch * k * d_in) sparse terms, so tokens/s at that rate
            is the step's ceiling
@@ -16,18 +17,25 @@ All figures come from one run on the same in-memory activations `(batch, d_in)`:
 - sparsify: EleutherAI's `SparseCoder` (eai-sparsify, its fused TopK encoder and sparse decoder)
            with the step of its trainer (fvu + AuxK on dead latents, backward, removal of the decoder
            gradient parallel to the decoder rows, Adam at our betas, unit-norm decoder), run by
-           `.venv-sparsify`'s python (`bash benchmarks/sparsify_env.sh`) on the same activations.
+           `.venv-sparsify`'s python (`bash benchmarks/sparsify_env.sh`), or this python when it can
+           import `sparsify` (`--sparsify-python` names another), on the same activations. On CUDA its
+           forward runs under its own bf16 autocast (`SparseCoder.forward` is decorated so).
+
+`--autocast bfloat16` trains ours (and the dense variant) with `TrainConfig(autocast="bfloat16")`:
+float32 master weights, the encoder product in bf16 (what a GPU run uses).
 
 Ours and each baseline are timed in alternating rounds (`--rounds`) so all see the same load;
 each figure is the best round.
 
 Usage: python benchmarks/bench_sae_train.py [--device cuda] [--steps 5] [--threads 2] [--rounds 3]
-       [--d-in 576 --d-sae 4608 --k 32 --batch 4096] [--skip-dense] [--skip-saelens] [--skip-sparsify]
+       [--d-in 576 --d-sae 4608 --k 32 --batch 4096] [--autocast bfloat16] [--skip-dense] [--skip-saelens]
+       [--skip-sparsify] [--sparsify-python PATH] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -133,10 +141,11 @@ def time_steps(step, batches, steps: int, device: torch.device) -> float:
     return steps * batches[0].shape[0] / (time.perf_counter() - start)
 
 
-def matmul_gflops(batch: int, d_in: int, d_sae: int, device: torch.device, repeats: int) -> float:
-    """The faster of `a @ b` into a fresh tensor and into a reused one (no page faults on the output)."""
-    a = torch.randn(batch, d_in, device=device)
-    b = torch.randn(d_in, d_sae, device=device)
+def matmul_gflops(batch: int, d_in: int, d_sae: int, device: torch.device, repeats: int,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """The faster of `a @ b` into a fresh tensor and into a reused one (no page faults on the output), in `dtype`."""
+    a = torch.randn(batch, d_in, device=device, dtype=dtype)
+    b = torch.randn(d_in, d_sae, device=device, dtype=dtype)
     out = a @ b
     best = 0.0
     for product in (lambda: a @ b, lambda: torch.mm(a, b, out=out)):
@@ -152,10 +161,19 @@ def matmul_gflops(batch: int, d_in: int, d_sae: int, device: torch.device, repea
 
 def make_trainer(args, device: torch.device, sample: torch.Tensor) -> Trainer:
     cfg = SAEConfig(d_in=args.d_in, d_sae=args.d_sae, arch="topk", k=args.k)
-    tcfg = TrainConfig(n_tokens=10**9, batch_size=args.batch, lr=2e-4, device=str(device), seed=0)
+    tcfg = TrainConfig(n_tokens=10**9, batch_size=args.batch, lr=2e-4, device=str(device), seed=0, autocast=args.autocast)
     trainer = Trainer(cfg, tcfg)
     trainer.initialise(sample)
     return trainer
+
+
+def sparsify_python(given: str | None) -> Path:
+    """The python that runs sparsify's step: `given`, else this one when it imports `sparsify`, else `.venv-sparsify`'s."""
+    if given:
+        return Path(given)
+    if importlib.util.find_spec("sparsify") is not None:
+        return Path(sys.executable)
+    return SPARSIFY_PYTHON
 
 
 def run_other(python: Path, script: str, name: str, acts: Path, args) -> float | None:
@@ -170,7 +188,8 @@ def run_other(python: Path, script: str, name: str, acts: Path, args) -> float |
     return json.loads(proc.stdout.strip().splitlines()[-1])["tokens_per_s"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print its table; returns the figures (also written to `--json FILE`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=5)
@@ -184,7 +203,12 @@ def main() -> None:
     parser.add_argument("--skip-sparsify", action="store_true")
     parser.add_argument("--skip-dense", action="store_true",
                         help="leave out the dense-autograd trainer (at large widths its memory churn slows the others)")
-    args = parser.parse_args()
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
+                        help="train ours under torch.autocast in this dtype (fp32 master weights); the ceiling is measured in it too")
+    parser.add_argument("--sparsify-python", default=None,
+                        help="python that imports sparsify (default: this one if it can, else .venv-sparsify/bin/python)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -198,7 +222,7 @@ def main() -> None:
         dense.sae.training_loss = lambda x, **kw: SAE.training_loss(dense.sae, x, **kw)
     others = {} if args.skip_saelens else {"SAELens TopKTrainingSAE": (SAELENS_PYTHON, SAELENS_SCRIPT, "saelens_env.sh")}
     if not args.skip_sparsify:
-        others["sparsify SparseCoder (eai-sparsify)"] = (SPARSIFY_PYTHON, SPARSIFY_SCRIPT, "sparsify_env.sh")
+        others["sparsify SparseCoder (eai-sparsify)"] = (sparsify_python(args.sparsify_python), SPARSIFY_SCRIPT, "sparsify_env.sh")
     rates: dict[str, list[float]] = {"ours": [], "dense": [], "ceiling": [], **{name: [] for name in others}}
     with tempfile.TemporaryDirectory() as tmp:
         from safetensors.torch import save_file
@@ -209,7 +233,8 @@ def main() -> None:
             rates["ours"].append(time_steps(ours.train_step, batches, args.steps, device))
             if dense is not None:
                 rates["dense"].append(time_steps(dense.train_step, batches, args.steps, device))
-            gflops = matmul_gflops(args.batch, args.d_in, args.d_sae, device, repeats=max(3, args.steps))
+            dtype = getattr(torch, args.autocast) if args.autocast else torch.float32
+            gflops = matmul_gflops(args.batch, args.d_in, args.d_sae, device, repeats=max(3, args.steps), dtype=dtype)
             rates["ceiling"].append(gflops * 1e9 / (2 * args.d_in * args.d_sae))
             for name, (python, script, _) in others.items():
                 tps = run_other(python, script, name, acts, args)
@@ -222,7 +247,7 @@ def main() -> None:
         ("ours (sparse TopK backward)", ours_tps, ""),
         ("dense autograd backward, same SAE", best["dense"] or float("nan"),
          f"ours/dense = {ours_tps / best['dense']:.2f}x" if best["dense"] else "skipped (--skip-dense)"),
-        (f"ceiling: encoder matmul at {ceiling_tps * 2 * args.d_in * args.d_sae / 1e9:.1f} GFLOP/s", ceiling_tps,
+        (f"ceiling: {args.autocast or 'float32'} matmul at {ceiling_tps * 2 * args.d_in * args.d_sae / 1e9:.1f} GFLOP/s", ceiling_tps,
          f"ours/ceiling = {ours_tps / ceiling_tps:.2f}"),
     ]
     if args.skip_saelens:
@@ -234,11 +259,19 @@ def main() -> None:
             rows.append((name, best[name], f"ours/{name.split()[0]} = {ours_tps / best[name]:.2f}x"))
 
     print(f"\nSAE training throughput: TopK k={args.k}, d_in={args.d_in}, d_sae={args.d_sae}, batch={args.batch}, "
-          f"device={args.device}, threads={args.threads}, {args.steps} timed steps, best of {args.rounds} rounds\n")
+          f"device={args.device}, autocast={args.autocast}, threads={args.threads}, {args.steps} timed steps, "
+          f"best of {args.rounds} rounds\n")
     print(f"{'path':<44}{'tokens/s':>14}  ratio")
     print("-" * 90)
     for name, tps, note in rows:
         print(f"{name:<44}{tps:>14,.0f}  {note}")
+    result = {"config": {k: v for k, v in vars(args).items() if k != "json"},
+              "tokens_per_s": best, "ceiling_gflops": ceiling_tps * 2 * args.d_in * args.d_sae / 1e9,
+              "ours_over_ceiling": ours_tps / ceiling_tps,
+              "skipped": {name: f"no python at {python}" for name, (python, _, _) in others.items() if best[name] is None}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 Run (launches torchrun itself, 2 processes, gloo on CPU / NCCL on CUDA):
 
-    .venv/bin/python benchmarks/bench_sharded_memory.py [--d-in 576 --d-sae 36864 --k 32 --batch 1024 --nproc 2]
+    .venv/bin/python benchmarks/bench_sharded_memory.py [--d-in 576 --d-sae 36864 --k 32 --batch 1024 --nproc 2] [--json FILE]
+
+On CUDA rank r uses GPU `r % torch.cuda.device_count()`. More ranks than GPUs (e.g. 2 ranks on one
+GPU, enough for a memory figure: each process has its own allocator and its own peak) share GPUs,
+which NCCL refuses ("duplicate GPU"), so the group is then gloo (it all-gathers and all-reduces CUDA
+tensors through host memory); `--backend` overrides the choice.
 
 Every rank trains its shard for two Adam steps (with 10% of the latents marked dead, so AuxK runs);
 then rank 0 alone trains the unsharded `TopKSAE` the same way. For each it prints:
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import re
 import subprocess
@@ -36,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saes.architectures import SAEConfig, make_sae  # noqa: E402
 from saes.sharded import ShardedTopK  # noqa: E402
 
+ARGV_ENV = "BENCH_SHARDED_MEMORY_ARGV"  # the launcher's arguments, for its ranks (JSON list)
+
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +52,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--nproc", type=int, default=2)
-    return p.parse_args()
+    p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
+                   help="auto: gloo on CPU, NCCL on CUDA with a GPU per rank, gloo when ranks share a GPU")
+    p.add_argument("--json", default=None, help="rank 0 also writes the figures (bytes) to this JSON file")
+    return p.parse_args(json.loads(os.environ[ARGV_ENV]) if ARGV_ENV in os.environ else None)
 
 
 def _proc_bytes(key: str) -> int:
@@ -119,10 +130,16 @@ def _train(module, x: torch.Tensor, dead: torch.Tensor, aux_k: int, peak: _Peak 
 def _worker(a: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    backend = a.backend
+    if backend == "auto":
+        backend = "nccl" if cuda and world_size <= torch.cuda.device_count() else "gloo"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    device = torch.device("cuda" if cuda else "cpu")
-    dist.init_process_group("nccl" if cuda else "gloo")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = SAEConfig(d_in=a.d_in, d_sae=a.d_sae, k=a.k)
     aux_k = min(512, a.d_in // 2)
@@ -167,6 +184,9 @@ def _worker(a: argparse.Namespace) -> None:
         s, u = results["sharded"], results["unsharded"]
         print(f"ratio sharded / unsharded: accounted {s['accounted'] / u['accounted']:.3f}x, "
               f"measured {s['measured'] / u['measured']:.3f}x (goal <= 0.6x)")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"config": {k: v for k, v in vars(a).items() if k != "json"}, "backend": backend,
+                                                "device": str(device), "measured_by": where, **results}, indent=1))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -176,8 +196,10 @@ def main() -> None:
     if "LOCAL_RANK" in os.environ:
         _worker(a)
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}", __file__, *sys.argv[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The ranks get the arguments through the environment: torchrun's own parser would take some of
+    # them (`--nproc` reads as an abbreviation of its `--nproc-per-node`).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}", __file__]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ARGV_ENV: json.dumps(sys.argv[1:])}
     raise SystemExit(subprocess.call(cmd, env=env))
 
 

@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny random models (fast, offline) and the real SmolLM2 (loaded once)."""
+"""Shared fixtures: tiny random models (fast, offline), the real SmolLM2 (loaded once), and `device`.
+
+`device`: a test that takes it runs once per device, `cpu` and, when `torch.cuda.is_available()`,
+`cuda` too (test ids `[cpu]`, `[cuda]`). `pytest --device cuda` (repeatable) runs them on the
+named devices only; a device that is not there is a usage error, never a silent skip. Such tests
+carry the `device` marker, so `pytest -m device --device cuda` runs exactly the tests that take a
+device, on the GPU (what `benchmarks/gpu_check.sh` does).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,32 @@ import pytest
 import torch
 
 from interp import load_model, make_tiny_model
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", action="append", default=None, choices=["cpu", "cuda"],
+                     help="run the tests that take a `device` on this device (repeatable; default: cpu, plus cuda "
+                          "when torch.cuda.is_available())")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: takes a `device` (cpu, and cuda when present); select with -m device")
+    asked = config.getoption("--device") or []
+    if "cuda" in asked and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda: torch.cuda.is_available() is False on this machine (no GPU, or a CPU build of torch)")
+
+
+def _devices(config) -> list[str]:
+    """The devices the `device` tests run on: `--device` as given, else cpu plus cuda when present."""
+    asked = config.getoption("--device")
+    if asked:
+        return list(dict.fromkeys(asked))
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", [pytest.param(d, id=d, marks=pytest.mark.device) for d in _devices(metafunc.config)])
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ def _greedy(model, tokens, use_cache: bool) -> torch.Tensor:
     return out[0, tokens.shape[1]:]
 
 
-def test_cache_check_passes_on_the_locked_versions(tiny_llama_dir):
-    model = load_model(str(tiny_llama_dir), device="cpu")
+def test_cache_check_passes_on_the_locked_versions(tiny_llama_dir, device):
+    model = load_model(str(tiny_llama_dir), device=device)
     assert kv_cache_works(model) is True
     tokens = model.to_tokens("the cat sat on the mat")
     assert torch.equal(_greedy(model, tokens, True), _greedy(model, tokens, False))

@@ -7,8 +7,8 @@ from interp import InterpError, load_model, make_tiny_model
 from interp.models import resolve_dtype
 
 
-def test_tiny_models_load_and_run(tiny_gpt2_dir, tiny_model):
-    gpt2 = load_model(str(tiny_gpt2_dir), device="cpu")
+def test_tiny_models_load_and_run(tiny_gpt2_dir, tiny_model, device):
+    gpt2 = load_model(str(tiny_gpt2_dir), device=device)
     for model in (gpt2, tiny_model):
         assert model.cfg.n_layers == 3 and model.cfg.d_model == 64
         logits = model(model.to_tokens("the cat sat"))

@@ -33,11 +33,11 @@ def lines(tmp_path, name, texts):
     return path
 
 
-def test_probe_command_writes_outputs(app, tiny_llama_dir, tmp_path):
+def test_probe_command_writes_outputs(app, tiny_llama_dir, tmp_path, device):
     out = tmp_path / "out"
     res = runner.invoke(app, ["probe", "--model", str(tiny_llama_dir), "--data", str(labelled(tmp_path)),
                               "--text-field", "sentence", "--label-field", "y", "--hooks", "resid_post:0-1",
-                              "--out", str(out), "--bootstrap", "50", "--device", "cpu"])
+                              "--out", str(out), "--bootstrap", "50", "--device", device])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     assert list(data["points"]) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]

@@ -20,10 +20,10 @@ def _data(n: int, seed: int) -> torch.Tensor:
     return codes @ dirs + 0.05 * torch.randn(n, D_IN, generator=gen) + 3.0
 
 
-def _train(autocast: str | None, arch: str = "topk") -> Trainer:
+def _train(autocast: str | None, arch: str = "topk", device: str = "cpu") -> Trainer:
     torch.manual_seed(0)
     cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, arch=arch, k=K if arch == "topk" else None)
-    tcfg = TrainConfig(n_tokens=STEPS * BATCH, batch_size=BATCH, lr=3e-3, device="cpu", autocast=autocast, seed=0)
+    tcfg = TrainConfig(n_tokens=STEPS * BATCH, batch_size=BATCH, lr=3e-3, device=device, autocast=autocast, seed=0)
     t = Trainer(cfg, tcfg)
     data = _data(STEPS * BATCH, seed=1)
     t.initialise(data[:4096])
@@ -33,14 +33,15 @@ def _train(autocast: str | None, arch: str = "topk") -> Trainer:
 
 
 def _fvu(t: Trainer, x: torch.Tensor) -> float:
+    x = x.to(t.device)
     with torch.no_grad():
         x_hat = t.sae(x * t.scale)
         return ((x * t.scale - x_hat).pow(2).sum(-1).mean() / (x * t.scale - (x * t.scale).mean(0)).pow(2).sum(-1).mean()).item()
 
 
-def test_bf16_autocast_keeps_fp32_master_weights_and_matches_fp32_quality():
+def test_bf16_autocast_keeps_fp32_master_weights_and_matches_fp32_quality(device):
     torch.set_num_threads(1)
-    half, full = _train("bfloat16"), _train(None)
+    half, full = _train("bfloat16", device=device), _train(None, device=device)
     # (a) parameters, their gradients and Adam's moments stay float32.
     for name, p in half.sae.named_parameters():
         assert p.dtype == torch.float32, name
@@ -100,7 +101,7 @@ def test_unknown_autocast_dtype_is_refused():
         Trainer(SAEConfig(d_in=4, d_sae=8, arch="topk", k=2), TrainConfig(device="cpu", autocast="float8"))
 
 
-def test_cli_autocast_trains_in_bf16_and_saves_float32(tiny_llama_dir, tmp_path, capsys):
+def test_cli_autocast_trains_in_bf16_and_saves_float32(tiny_llama_dir, tmp_path, capsys, device):
     import json
 
     from safetensors.torch import load_file
@@ -108,7 +109,7 @@ def test_cli_autocast_trains_in_bf16_and_saves_float32(tiny_llama_dir, tmp_path,
     from interp.cli import main
 
     common = ["sae", "train", "--model", str(tiny_llama_dir), "--layer", "1", "--arch", "topk", "--k", "4", "--expansion", "2",
-              "--tokens", "1000", "--batch-tokens", "128", "--ctx-len", "32", "--eval-tokens", "0", "--device", "cpu"]
+              "--tokens", "1000", "--batch-tokens", "128", "--ctx-len", "32", "--eval-tokens", "0", "--device", device]
     assert main([*common, "--autocast", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
     record = json.loads((tmp_path / "bf16" / "training.json").read_text())
     assert record["train_cfg"]["autocast"] == "bfloat16" and record["final"]["fvu"] < 1

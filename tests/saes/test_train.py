@@ -59,9 +59,9 @@ def test_topk_recovers_known_sparse_directions(tmp_path):
     assert torch.allclose(load_sae(tmp_path)(x), sae(x), atol=1e-5)
 
 
-def _small_run(tmp_path, source, n_batches=20, resume=False, checkpoint_every=3, arch="topk"):
+def _small_run(tmp_path, source, n_batches=20, resume=False, checkpoint_every=3, arch="topk", device="cpu"):
     cfg = SAEConfig(d_in=32, d_sae=128, arch=arch, k=4 if arch in ("topk", "batchtopk") else None)
-    tcfg = TrainConfig(n_tokens=256 * n_batches, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=checkpoint_every, init_tokens=512, device="cpu")
+    tcfg = TrainConfig(n_tokens=256 * n_batches, batch_size=256, lr=3e-3, warmup_steps=3, checkpoint_every=checkpoint_every, init_tokens=512, device=device)
     return train_sae(source, cfg, tcfg, tmp_path, resume=resume, progress=False)
 
 
@@ -96,12 +96,12 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, how):
         assert torch.allclose(getattr(resumed, name), getattr(full, name), atol=1e-5), name
 
 
-def test_second_ctrl_c_during_a_step_waits_for_the_step(tmp_path, monkeypatch):
+def test_second_ctrl_c_during_a_step_waits_for_the_step(tmp_path, monkeypatch, device):
     """Two SIGINTs half-way through step 8 (after Adam, before the decoder renormalisation):
     the step completes, then the checkpoint is written, and resuming matches an uninterrupted run."""
     D = _dictionary(200, 32)
     source = _synthetic(D, 256, active=3)
-    full = _small_run(tmp_path / "full", source)
+    full = _small_run(tmp_path / "full", source, device=device)
     original = SAE.normalize_decoder
     calls = []
 
@@ -114,7 +114,7 @@ def test_second_ctrl_c_during_a_step_waits_for_the_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SAE, "normalize_decoder", normalize_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _small_run(tmp_path / "cut", source)
+        _small_run(tmp_path / "cut", source, device=device)
     monkeypatch.undo()
     with safe_open(str(tmp_path / "cut" / "checkpoint.safetensors"), "pt") as f:
         state = json.loads(f.metadata()["state"])
@@ -122,12 +122,12 @@ def test_second_ctrl_c_during_a_step_waits_for_the_step(tmp_path, monkeypatch):
     with safe_open(str(tmp_path / "cut" / "checkpoint.safetensors"), "pt") as f:
         W_dec = f.get_tensor("sae.W_dec")
     assert torch.allclose(W_dec.norm(dim=1), torch.ones(128), atol=1e-5)  # the step's renormalisation happened
-    resumed = _small_run(tmp_path / "cut", source, resume=True)
+    resumed = _small_run(tmp_path / "cut", source, resume=True, device=device)
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         assert torch.allclose(getattr(resumed, name), getattr(full, name), atol=1e-5), name
 
 
-def test_checkpoints_by_wall_clock(tmp_path, monkeypatch):
+def test_checkpoints_by_wall_clock(tmp_path, monkeypatch, device):
     import saes.run_folder
     import saes.train
 
@@ -139,7 +139,7 @@ def test_checkpoints_by_wall_clock(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "save_checkpoint", lambda t, folder: (saved.append(t.step), real_save(t, folder)))
     D = _dictionary(200, 32)
     cfg = SAEConfig(d_in=32, d_sae=128, arch="topk", k=4)
-    tcfg = TrainConfig(n_tokens=256 * 20, batch_size=256, lr=3e-3, checkpoint_every=0, checkpoint_minutes=1.0, init_tokens=512, device="cpu")
+    tcfg = TrainConfig(n_tokens=256 * 20, batch_size=256, lr=3e-3, checkpoint_every=0, checkpoint_minutes=1.0, init_tokens=512, device=device)
     train_sae(_synthetic(D, 256, active=3), cfg, tcfg, tmp_path, progress=False)
     # One reading per step plus one per save: a save every 3 steps (>= 60 s apart), and the final one.
     assert saved == [3, 6, 9, 12, 15, 18, 20]
@@ -209,13 +209,13 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(getattr(resumed, name), getattr(full, name), atol=1e-5), name
 
 
-def test_resume_from_iterable_skips_consumed_tokens(tmp_path):
+def test_resume_from_iterable_skips_consumed_tokens(tmp_path, device):
     D = _dictionary(200, 32)
     batches = list(_take(_synthetic(D, 100, active=3)(0), 60))  # 100-row batches, re-cut to 256
-    full = _small_run(tmp_path / "full", batches)
+    full = _small_run(tmp_path / "full", batches, device=device)
     with pytest.raises(KeyboardInterrupt):
-        _small_run(tmp_path / "cut", _interrupting(lambda start: batches, 30, "raise"))
-    resumed = _small_run(tmp_path / "cut", batches, resume=True)
+        _small_run(tmp_path / "cut", _interrupting(lambda start: batches, 30, "raise"), device=device)
+    resumed = _small_run(tmp_path / "cut", batches, resume=True, device=device)
     assert torch.allclose(resumed.W_dec, full.W_dec, atol=1e-5)
 
 
@@ -277,7 +277,7 @@ def test_active_subspace_initialisation_puts_decoder_rows_in_data_span():
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_fused_adam_steps_like_torch_adam_whatever_the_moments_layout(arch):
+def test_fused_adam_steps_like_torch_adam_whatever_the_moments_layout(arch, device):
     """The trainer's Adam (fused kernel, W_enc through its row-major view) equals plain torch Adam on
     the parameters; moments set in another memory layout (as a checkpoint loads them) and gradients
     in another layout (as the data-parallel all-reduce leaves them) change nothing."""
@@ -285,7 +285,7 @@ def test_fused_adam_steps_like_torch_adam_whatever_the_moments_layout(arch):
     mix = torch.randn(32, 32) * torch.logspace(0, -1.5, 32)[:, None]
     data = [torch.randn(256, 32) @ mix + 0.5 for _ in range(12)]
     cfg = SAEConfig(d_in=32, d_sae=256, arch=arch, k=8)
-    tcfg = TrainConfig(n_tokens=256 * 12, batch_size=256, lr=1e-3, device="cpu", dead_after_tokens=512)
+    tcfg = TrainConfig(n_tokens=256 * 12, batch_size=256, lr=1e-3, device=device, dead_after_tokens=512)
 
     def run(plain: bool, relayout: bool) -> Trainer:
         t = Trainer(cfg, tcfg)
@@ -348,11 +348,11 @@ def test_warmup_and_decay_are_fractions_of_the_run():
     assert Trainer(short.cfg, TrainConfig(n_tokens=100_000 * 4096, batch_size=4096, device="cpu")).warmup_steps == 1000
 
 
-def test_dead_latents_are_counted():
+def test_dead_latents_are_counted(device):
     torch.manual_seed(0)
     D = _dictionary(100, 16)
     source = _synthetic(D, 256, active=2)(0)
-    trainer = Trainer(SAEConfig(d_in=16, d_sae=64, arch="topk", k=2), TrainConfig(n_tokens=256 * 200, batch_size=256, lr=3e-3, warmup_steps=1, dead_after_tokens=512, device="cpu"))
+    trainer = Trainer(SAEConfig(d_in=16, d_sae=64, arch="topk", k=2), TrainConfig(n_tokens=256 * 200, batch_size=256, lr=3e-3, warmup_steps=1, dead_after_tokens=512, device=device))
     trainer.initialise(next(source))
     with torch.no_grad():
         trainer.sae.b_enc[:16] = -100.0  # these latents cannot win the top-k
@@ -407,7 +407,7 @@ def test_dead_latents_by_training_counters_vs_eval_window(tmp_path):
     assert results["training_window_tokens"] == dead_after
 
 
-def test_training_from_a_harvest_stream_learns(tiny_model, tmp_path):
+def test_training_from_a_harvest_stream_learns(tiny_model, tmp_path, device):
     """The stream outlasts the initialisation sample, so most batches are harvested while training
     runs: each step must still get gradients, whatever grad mode the caller is in."""
     from interp.activations import harvest
@@ -418,7 +418,7 @@ def test_training_from_a_harvest_stream_learns(tiny_model, tmp_path):
     stream = (b[point] for b in harvest(tiny_model, point, str(corpus), n_tokens=6000, ctx_len=32, out_batch_size=256,
                                         shuffle_buffer_tokens=31 * 16))
     cfg = SAEConfig(d_in=64, d_sae=256, arch="topk", k=8)
-    tcfg = TrainConfig(n_tokens=6000, batch_size=256, lr=3e-3, init_tokens=1024, device="cpu", checkpoint_minutes=None)
+    tcfg = TrainConfig(n_tokens=6000, batch_size=256, lr=3e-3, init_tokens=1024, device=device, checkpoint_minutes=None)
     with torch.no_grad():
         train_sae(stream, cfg, tcfg, tmp_path / "sae", progress=False)
     record = read_training_record(tmp_path / "sae")
@@ -427,20 +427,20 @@ def test_training_from_a_harvest_stream_learns(tiny_model, tmp_path):
     assert len(fvu) == 4 and fvu[-1] < 0.6 * fvu[0] and all(b < a for a, b in zip(fvu, fvu[1:]))
 
 
-def test_errors(tmp_path):
+def test_errors(tmp_path, device):
     cfg = SAEConfig(d_in=32, d_sae=64, arch="topk", k=4)
     with pytest.raises(InterpError, match="n_tokens=0"):
-        train_sae([torch.randn(8, 32)], cfg, TrainConfig(n_tokens=0, device="cpu"), tmp_path, progress=False)
+        train_sae([torch.randn(8, 32)], cfg, TrainConfig(n_tokens=0, device=device), tmp_path, progress=False)
     with pytest.raises(InterpError, match="yielded no activations"):
-        train_sae([], cfg, TrainConfig(n_tokens=100, device="cpu"), tmp_path, progress=False)
+        train_sae([], cfg, TrainConfig(n_tokens=100, device=device), tmp_path, progress=False)
     with pytest.raises(InterpError, match=r"shape \[8, 31\] but the SAE expects \(batch, 32\)"):
-        train_sae([torch.randn(8, 31)], cfg, TrainConfig(n_tokens=100, device="cpu"), tmp_path, progress=False)
+        train_sae([torch.randn(8, 31)], cfg, TrainConfig(n_tokens=100, device=device), tmp_path, progress=False)
     with pytest.raises(InterpError, match="use train_saes"):
-        train_sae([{"a": torch.randn(8, 32)}], cfg, TrainConfig(n_tokens=100, device="cpu"), tmp_path, progress=False)
-    train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, batch_size=32, device="cpu"), tmp_path / "run", progress=False)
+        train_sae([{"a": torch.randn(8, 32)}], cfg, TrainConfig(n_tokens=100, device=device), tmp_path, progress=False)
+    train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, batch_size=32, device=device), tmp_path / "run", progress=False)
     with pytest.raises(InterpError, match="already holds an SAE run"):
-        train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, batch_size=32, device="cpu"), tmp_path / "run", progress=False)
+        train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, batch_size=32, device=device), tmp_path / "run", progress=False)
     with pytest.raises(InterpError, match="exclude each other"):
-        train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, device="cpu"), tmp_path / "run", resume=True, overwrite=True, progress=False)
-    train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=32, batch_size=32, device="cpu"), tmp_path / "run", overwrite=True, progress=False)
+        train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=64, device=device), tmp_path / "run", resume=True, overwrite=True, progress=False)
+    train_sae([torch.randn(64, 32)], cfg, TrainConfig(n_tokens=32, batch_size=32, device=device), tmp_path / "run", overwrite=True, progress=False)
     assert read_training_record(tmp_path / "run")["tokens"] == 32
