@@ -142,6 +142,7 @@ def _mount() -> None:
     register_probes(app)
     register_concepts(app)
     app.add_typer(steer_app, name="steer")
+    from interp.cli_patch import register as register_patch; register_patch(app)  # noqa: E702
 
 
 def main(argv: list[str] | None = None) -> int:
