@@ -85,6 +85,9 @@ def attribute(
             stack.enter_context(hm.edit(LEAF_POINT, track(LEAF_POINT)))
         elif inputs.is_floating_point():
             inputs = inputs.detach().requires_grad_(True)
+        else:
+            raise InterpError("attribution patching of a plain module needs floating-point inputs (the gradient starts there); "
+                              "load language models with interp.load_model")
         acts = stack.enter_context(hm.capture(value_points, device=None))
         for point in grad_points:
             stack.enter_context(hm.edit(point, track(point)))

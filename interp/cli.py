@@ -133,6 +133,7 @@ def _mount() -> None:
     if _mounted:
         return
     _mounted = True
+    from interp.cli_patch import register as register_patch
     from interp.cli_steer import app as steer_app
     from probes.cli import register as register_probes
     from probes.cli_concepts import register as register_concepts
@@ -142,7 +143,7 @@ def _mount() -> None:
     register_probes(app)
     register_concepts(app)
     app.add_typer(steer_app, name="steer")
-    from interp.cli_patch import register as register_patch; register_patch(app)  # noqa: E702
+    register_patch(app)
 
 
 def main(argv: list[str] | None = None) -> int:

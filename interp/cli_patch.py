@@ -79,7 +79,8 @@ def patch(
 def _print(result, top_n: int) -> None:
     pairs = f"{len(result.pairs)} pairs, mean" if len(result.pairs) > 1 else "logit difference"
     console.print(f"{result.method} patching, {len(result.sites)} sites; {pairs}: clean "
-                  f"{sum(result.clean_logit_diff) / len(result.pairs):.3f}, corrupted {sum(result.corrupted_logit_diff) / len(result.pairs):.3f}")
+                  f"{sum(result.clean_logit_diff) / len(result.pairs):.3f}, corrupted {sum(result.corrupted_logit_diff) / len(result.pairs):.3f}",
+                  soft_wrap=True)
     table = Table(title=f"top {top_n} sites by |recovered|")
     for col in ("point", "position", "head", "recovered"):
         table.add_column(col, justify="left" if col == "point" else "right")
