@@ -15,7 +15,7 @@ components") fixes two failure modes. The one implemented here is the QK fix, fo
 sites (`q`, `k`): a query or key enters the model only through its head's attention scores, where
 the softmax can be saturated, so that the gradient through it is near zero although patching
 moves the attention a lot. For a query node (head h, position t) the attention row t is recomputed
-exactly from the clean query and the corrupted keys, `A'_t = softmax(q_clean_t . K / scale)`; for a
+exactly from the clean query and the corrupted keys, `A'_t = softmax(scale * q_clean_t . K)`; for a
 key node (key head g, position s) every row t >= s of every query head sharing that key is
 renormalised with score (t, s) recomputed from the clean key. Only the step after the attention
 pattern is linearised: `AtP*(n) = sum (A' - A) . dLD/dA`. The pattern is the head's own
