@@ -16,7 +16,7 @@ from interp.cli_common import DEVICE_HELP, MODEL_HELP, console, wide_console
 from interp.errors import InterpError
 
 METHODS = ("activation", "attribution")
-SITES_HELP = ("sites to patch, ';'-separated: selectors KIND:LAYERS with KIND in resid_pre|resid_mid|resid_post|attn_out|"
+SITES_HELP = ("hook points to patch (sites), ';'-separated: selectors KIND:LAYERS with KIND in resid_pre|resid_mid|resid_post|attn_out|"
               "mlp_out (one site per layer and position), z (one per attention head, all positions), q|k (one per head and "
               "position, rotary models), or point names")
 
@@ -35,7 +35,7 @@ def patch(
     qk_fix: bool = typer.Option(True, "--qk-fix/--no-qk-fix", help="attribution on q/k sites: recompute the attention softmax (AtP*) "
                                 "instead of linearising through it"),
     batch_tokens: int = typer.Option(2048, "--batch-tokens", help="tokens per forward: patched copies of the prompt per forward = this / prompt length"),
-    top_n: int = typer.Option(10, "--top-n", help="sites to show, largest |recovered| first"),
+    top_n: int = typer.Option(10, "--top-n", help="the top sites to show, largest |recovered| first"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
