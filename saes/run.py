@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from interp.errors import InterpError
-from saes.plan import TrainPlan
+from saes.plan import ARCHS_WITH_K, TrainPlan
 from saes.sources import Text, read_text_source, store_text, stream_source
 
 
@@ -63,7 +63,7 @@ def run_plan(plan: TrainPlan, world, device: str | None, console: Console) -> Tr
 
     def sae_config(point: str) -> SAEConfig:
         d_in = point_width(hm, point)
-        return SAEConfig(d_in=d_in, d_sae=plan.d_sae(d_in), arch=plan.arch, k=plan.k if plan.arch in ("topk", "batchtopk") else None,
+        return SAEConfig(d_in=d_in, d_sae=plan.d_sae(d_in), arch=plan.arch, k=plan.k if plan.arch in ARCHS_WITH_K else None,
                          l1_coefficient=plan.l1, l0_coefficient=plan.l0, model_name=bridge.interp_name, hook_name=point,
                          hook_layer=hm.layer_of(point) if hm.layer_of(point) is not None else -1, context_size=plan.ctx_len,
                          dataset=text.source, manifest=make_manifest(bridge.interp_name, {point: d_in}, text.fingerprint or None, plan.ctx_len),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 POINTS = ["blocks.0.hook_resid_post", "blocks.2.hook_mlp_out"]
@@ -26,6 +27,7 @@ def _corpus(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.torchrun
 def test_split_forward_yields_the_one_process_stream_for_half_the_work(tiny_llama_dir, tiny_model, tmp_path):
     import interp.activations as acts
     from interp.activations import harvest

@@ -67,6 +67,7 @@ def test_several_points_train_the_sae_of_each_single_point_run(runs):
     assert sorted(p.name for p in (runs / "multi").iterdir()) == list(POINTS)
 
 
+@pytest.mark.torchrun
 def test_distribute_points_over_two_ranks_equals_one_process(runs, tiny_llama_dir, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
@@ -85,6 +86,7 @@ def test_distribute_points_over_two_ranks_equals_one_process(runs, tiny_llama_di
         assert any(f.endswith("sae_weights.safetensors") for f in written)
 
 
+@pytest.mark.torchrun
 def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
     from interp.cli import main
 
@@ -112,6 +114,7 @@ def test_distribute_points_refusals(tiny_llama_dir, tmp_path, capsys):
                    tmp_path / "py", distribute_points=True, shard_latents=2)
 
 
+@pytest.mark.torchrun
 def test_distribute_points_a_dead_rank_is_one_line_on_the_other(tiny_llama_dir, tmp_path):
     args = [*_common(tiny_llama_dir), "--hooks", "resid_post:0-1", "--distribute-points", "--eval-tokens", "0",
             "--out", str(tmp_path / "dead"), "--dist-timeout", "30"]

@@ -130,6 +130,7 @@ def _reference(data: Path, out: Path, arch: str) -> Path:
     return out
 
 
+@pytest.mark.torchrun
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "batchtopk"])
 def test_two_ranks_train_the_sae_of_one_process_and_only_rank_0_writes(data, tmp_path, arch):
     ref = _reference(data, tmp_path / "ref", arch)
@@ -153,6 +154,7 @@ def test_two_ranks_train_the_sae_of_one_process_and_only_rank_0_writes(data, tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
 
 
+@pytest.mark.torchrun
 def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_on_any_world_size(data, tmp_path):
     ref = _reference(data, tmp_path / "ref", "topk")
     out = tmp_path / "cut"
@@ -191,6 +193,7 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes_on_any_wo
     assert torch.equal(counters(ref), counters(out)) and torch.equal(counters(ref), counters(two))
 
 
+@pytest.mark.torchrun
 def test_a_silent_rank_times_out_the_other_with_one_line(data, tmp_path):
     out = tmp_path / "stuck"
     procs = _ranks(["--data", str(data), "--out", str(out)], fault="1:3:stop", timeout_s=4)  # rank 1 SIGSTOPs
@@ -222,6 +225,7 @@ def test_resume_refuses_another_global_batch(data, tmp_path):
         train_sae(_source(data), cfg, tcfg, out, resume=True, progress=False)
 
 
+@pytest.mark.torchrun
 def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_path):
     from interp.cli import main
 
@@ -243,6 +247,7 @@ def test_torchrun_cli_trains_from_a_store_like_one_process(tiny_llama_dir, tmp_p
     assert bad.returncode != 0 and "does not split evenly over 2 ranks" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.torchrun
 def test_torchrun_cli_streams_with_the_forwards_split_over_the_ranks(tiny_llama_dir, tmp_path):
     # Streamed (no --store): each rank runs the model on half of every shuffle block and the ranks
     # exchange the rows, then train data-parallel; the SAE is the one-process SAE.

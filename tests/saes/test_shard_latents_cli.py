@@ -37,6 +37,7 @@ def run(tiny_llama_dir, tmp_path_factory):
     return {"common": common, "ref": ref, "tmp": tmp}
 
 
+@pytest.mark.torchrun
 def test_two_latent_ranks_train_the_sae_of_one_process(run, tmp_path):
     out = tmp_path / "sharded"
     start = time.monotonic()
@@ -75,6 +76,7 @@ def test_refusals_are_one_line_before_anything_is_written(run, tmp_path, capsys)
         assert not out.exists()
 
 
+@pytest.mark.torchrun
 def test_an_interrupted_sharded_run_resumes_to_the_same_sae_and_only_with_the_same_n(run, tmp_path, capsys):
     out = tmp_path / "cut"
     # rank 1 SIGKILLs itself before step 5 (0-based); shard checkpoints are at step 4

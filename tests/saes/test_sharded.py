@@ -39,6 +39,7 @@ def _launch(tmp_path: Path, scenario: str, *args: str, nproc: int = 2) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.torchrun
 @pytest.mark.parametrize("d_sae,k", [(128, 8), (64, 40)])  # (64, 40): k above a shard's m = 32
 def test_forward_and_gradients_match_unsharded(tmp_path, d_sae, k):
     r = _launch(tmp_path, "exact", str(d_sae), str(k))
@@ -54,6 +55,7 @@ def test_forward_and_gradients_match_unsharded(tmp_path, d_sae, k):
     assert r["not_divisible_error"]
 
 
+@pytest.mark.torchrun
 def test_training_matches_unsharded_trainer(tmp_path):
     r = _launch(tmp_path, "train", "1", "2")
     print(r)
@@ -64,6 +66,7 @@ def test_training_matches_unsharded_trainer(tmp_path):
     assert r["auxk_steps"] > 0  # AuxK was active in some steps
 
 
+@pytest.mark.torchrun
 def test_data_parallel_mesh_matches_unsharded_trainer(tmp_path):
     r = _launch(tmp_path, "train", "2", "1")
     print(r)
@@ -72,6 +75,7 @@ def test_data_parallel_mesh_matches_unsharded_trainer(tmp_path):
     assert r["since_fired_equal"] and r["dead_equal"] and r["subspace_init"] <= 1e-6
 
 
+@pytest.mark.torchrun
 def test_two_dimensional_mesh_matches_unsharded_trainer(tmp_path):
     r = _launch(tmp_path, "train", "2", "2", nproc=4)
     print(r)
@@ -80,6 +84,7 @@ def test_two_dimensional_mesh_matches_unsharded_trainer(tmp_path):
     assert r["since_fired_equal"] and r["dead_equal"] and r["subspace_init"] <= 1e-6
 
 
+@pytest.mark.torchrun
 def test_tied_latents_across_ranks_give_the_unsharded_reconstruction(tmp_path):
     """Each latent on rank 1 is a copy of one on rank 0: every candidate ties with another rank's."""
     r = _launch(tmp_path, "ties")
