@@ -87,6 +87,9 @@ def export_command(
     model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (default: the vector's model name; "
                                              "repeng writes the model_type, e.g. llama)."),
     scale: float = typer.Option(1.0, help="Multiply every direction by this before writing."),
+    alpha_unit: str = typer.Option("vector", "--alpha-unit", help="what llama.cpp's strength 1 adds, as --alpha 1 does in "
+                                   "`interp steer generate`: vector (the stored vector) or norm (at each layer, the mean "
+                                   "residual norm recorded there, along the vector)"),
 ) -> None:
     """Export a steering vector as a llama.cpp control vector (GGUF), loadable with --control-vector."""
     import math
@@ -102,9 +105,12 @@ def export_command(
         raise InterpError("give the steering vector folder once: as the argument (steer export DIR) or as --vector DIR")
     vec = SteeringVector.load(folder or vector)
     layers = gguf_layers(vec)
-    export_gguf(vec, out, model_hint=model_hint, scale=scale)
+    export_gguf(vec, out, model_hint=model_hint, scale=scale, alpha_unit=alpha_unit)
     typer.echo(f"wrote {out}: {len(layers)} direction(s) for llama.cpp layers {', '.join(map(str, layers))} "
-               f"(scale {scale:g}); use llama-cli --control-vector-scaled {out}:STRENGTH")
+               f"(scale {scale:g}, {alpha_unit} units)")
+    typer.echo(f"steer as `interp steer generate --alpha A --alpha-unit {alpha_unit}` does (BOS first, no chat template):\n"
+               f"  llama-completion -m MODEL.gguf -no-cnv --override-kv tokenizer.ggml.add_bos_token=bool:true "
+               f"--control-vector-scaled {out}:A -p PROMPT")
 
 
 def import_command(

@@ -52,20 +52,34 @@ def gguf_layers(vector: SteeringVector) -> dict[int, torch.Tensor]:
     return dict(sorted(layers.items()))
 
 
-def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None, scale: float = 1.0) -> Path:
+def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None, scale: float = 1.0,
+                alpha_unit: str = "vector") -> Path:
     """Write `vector` as a llama.cpp control vector to `path` (atomically); returns the path.
 
     `model_hint` defaults to the vector's model name (llama.cpp does not check it; repeng writes
     the HuggingFace `model_type`, e.g. `llama`). `scale` multiplies every direction (llama.cpp's
-    `--control-vector-scaled FILE:STRENGTH` scales again at load time).
+    `--control-vector-scaled FILE:STRENGTH` scales again at load time). `alpha_unit` says what a
+    llama.cpp strength of 1 adds, as `--alpha 1` does in `interp steer generate`: the stored vector
+    (`vector`), or at each layer a unit direction times the mean residual norm recorded there
+    (`norm`), so `--control-vector-scaled FILE:A` steers as `--alpha A --alpha-unit A_UNIT` does.
     """
     from gguf import GGUFWriter
 
     layers = gguf_layers(vector)
+    if alpha_unit == "norm":
+        missing = [p for p in vector.points if p not in vector.resid_norms]
+        if missing:
+            raise InterpError(f"the vector records no mean residual norm at {missing[0]}, so norm units are unknown: "
+                              "rebuild it with `interp steer build`, or export in vector units")
+        layers = {layer: d / d.norm().clamp_min(1e-12) * vector.resid_norms[f"blocks.{layer}.hook_resid_post"]
+                  for layer, d in layers.items()}
+    elif alpha_unit != "vector":
+        raise InterpError(f"unknown alpha unit {alpha_unit!r}: use vector or norm")
     path = Path(path)
     meta = vector.describe()
-    if scale != 1:
-        meta["params"] = {**meta["params"], "gguf_scale": float(scale) * meta["params"].get("gguf_scale", 1.0)}
+    if scale != 1 or alpha_unit != "vector":
+        meta["params"] = {**meta["params"], "gguf_scale": float(scale) * meta["params"].get("gguf_scale", 1.0),
+                          "gguf_alpha_unit": alpha_unit}
     with atomic_path(path, suffix=".gguf") as tmp:
         writer = GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", model_hint or vector.model_name)

@@ -2,19 +2,24 @@
 marked runnable, executed as written, in order, in a temp folder per page, on the embedded model.
 
 Marks (an HTML comment on the line before a fence, invisible when rendered):
-- `<!-- run -->` before a ```python block: run it (as its own script: such a block is self-contained);
+- `<!-- run -->` before a ```python block: run it;
 - `<!-- skip: REASON -->` before any block: do not run it (the reason says why, e.g. "needs a GPU").
 
-A block fails on a non-zero exit or a traceback in its output. Every page's blocks share one folder,
-so a block may use the files an earlier block of its page made; pages do not share anything.
+A block fails on a non-zero exit, an exception, or a traceback in its output. A page's blocks share
+one folder, so a block may use the files an earlier block of its page made, and its python blocks
+share one interpreter, as a reader pasting them into one Python session in order would; pages share
+nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +74,58 @@ def _env() -> dict[str, str]:
             "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess:
-    if block.lang == "bash":
-        cmd = ["bash", "-e", "-o", "pipefail", "-c", block.text]
-    else:
-        cmd = [sys.executable, "-c", block.text]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, env=_env())
+# A python session for a page: runs the blocks it is sent in one namespace and ends each with a marker line.
+DRIVER = r"""
+import json, sys, traceback
+namespace = {"__name__": "__main__"}
+for line in sys.stdin:
+    block = json.loads(line)
+    status = "ok"
+    try:
+        exec(compile(block["code"], block["where"], "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()
+        status = "error"
+    sys.stderr.flush()
+    print("\0done " + status, flush=True)
+"""
+
+
+class PythonSession:
+    """One interpreter per page (in the page's folder), fed block by block."""
+
+    def __init__(self, cwd: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=cwd, env=_env(), text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def run(self, block: Block, where: str) -> tuple[bool, str]:
+        self.proc.stdin.write(json.dumps({"code": block.text, "where": where}) + "\n")
+        self.proc.stdin.flush()
+        out, deadline = [], time.monotonic() + BLOCK_TIMEOUT_S
+        while True:
+            line = self.lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            if line is None:
+                return False, "".join(out) + "\n(the python session ended)"
+            if line.startswith("\0done "):
+                return line.strip().endswith("ok"), "".join(out)
+            out.append(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def run_bash(block: Block, cwd: Path) -> tuple[bool, str]:
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=cwd, capture_output=True, text=True,
+                          timeout=BLOCK_TIMEOUT_S, env=_env())
+    return proc.returncode == 0, proc.stdout + proc.stderr + (f"\n(exit status {proc.returncode})" if proc.returncode else "")
 
 
 def test_the_reader_sees_every_block_and_mark():
@@ -91,19 +142,44 @@ def test_the_reader_sees_every_block_and_mark():
     assert found[1].reason == "needs a GPU" and found[0].text == "echo a\n" and found[0].line == 3
 
 
+def run_page(page: Path, folder: Path) -> list[str]:
+    """Run the page's blocks in `folder`; AssertionError naming the first that fails. Returns what ran."""
+    ran, session = [], None
+    try:
+        for block in blocks(page):
+            if block.mark == "skip":
+                assert block.reason, f"{page.name}:{block.line}: a skipped block needs a reason (<!-- skip: REASON -->)"
+            if not block.runs:
+                continue
+            where = f"{page.name}:{block.line}"
+            start = time.perf_counter()
+            if block.lang == "bash":
+                ok, output = run_bash(block, folder)
+            else:
+                session = session or PythonSession(folder)
+                ok, output = session.run(block, where)
+            ran.append(f"{where} {time.perf_counter() - start:.0f}s")
+            assert ok and "Traceback" not in output, f"{where} ({block.lang}) failed:\n{block.text}\n--- output ---\n{output[-4000:]}"
+    finally:
+        if session is not None:
+            session.close()
+    return ran
+
+
+def test_a_page_runs_in_order_in_one_folder_and_one_session(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\necho 41 > n.txt\n```\n<!-- run -->\n```python\nn = int(open('n.txt').read()) + 1\n```\n"
+                    "```python\nraise SystemExit('not marked: not run')\n```\n<!-- run -->\n```python\nassert n == 42\n```\n")
+    assert len(run_page(page, tmp_path)) == 3
+    page.write_text("<!-- run -->\n```python\nx = 1\n```\n<!-- run -->\n```python\nassert x == 2, 'x is 1'\n```\n")
+    with pytest.raises(AssertionError, match="page.md:7 .python. failed"):
+        run_page(page, tmp_path)
+    page.write_text("```bash\nfalse\necho never\n```\n")
+    with pytest.raises(AssertionError, match="exit status 1"):
+        run_page(page, tmp_path)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_block_of_the_page_runs_as_written(page, tmp_path):
-    ran = []
-    for block in blocks(page):
-        if block.mark == "skip":
-            assert block.reason, f"{page.name}:{block.line}: a skipped block needs a reason (<!-- skip: REASON -->)"
-        if not block.runs:
-            continue
-        start = time.perf_counter()
-        proc = run_block(block, tmp_path)
-        took = time.perf_counter() - start
-        ran.append(f"{page.name}:{block.line} {took:.0f}s")
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and "Traceback" not in output, (
-            f"{page.name}:{block.line} ({block.lang}) exited {proc.returncode}:\n{block.text}\n--- output ---\n{output[-4000:]}")
+    ran = run_page(page, tmp_path)
     print(f"{page.name}: {len(ran)} blocks: {', '.join(ran)}")
