@@ -139,11 +139,13 @@ def _mount() -> None:
     _mounted = True
     from importlib.metadata import entry_points
 
+    from interp.cli_fv import register as register_fv
     from interp.cli_patch import register as register_patch
     from interp.cli_steer import app as steer_app
 
     app.add_typer(steer_app, name="steer")
     register_patch(app)
+    register_fv(app)
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         ep.load()(app)
 
