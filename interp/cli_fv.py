@@ -60,6 +60,7 @@ def fv_build(
     layer: str = typer.Option("auto", "--layer", help="layer after which the vector is added: N, or auto (best zero-shot "
                               "accuracy on training items)"),
     head_layers: str = typer.Option("all", "--head-layers", help="layers whose heads are measured: all, A-B, or a list"),
+    sweep_layers: str = typer.Option("all", "--sweep-layers", help="with --layer auto: the layers tried"),
     batch_texts: int = typer.Option(90, "--batch-texts", help="prompts (patched rows) per forward pass"),
     seed: int = typer.Option(0, "--seed", help="seed of the prompt sampling"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
@@ -82,7 +83,8 @@ def fv_build(
     fixed = _layer(layer, lm.cfg.n_layers, "--layer")
     measured = parse_layers(head_layers, lm.cfg.n_layers)
     fv = fvs.build_function_vector(lm, data, n_prompts=n_prompts, n_demos=n_demos, n_top_heads=n_heads, layer=fixed,
-                                   layers=measured, batch_texts=batch_texts, seed=seed)
+                                   layers=measured, sweep_layers=parse_layers(sweep_layers, lm.cfg.n_layers),
+                                   batch_texts=batch_texts, seed=seed)
     fv.params["model_spec"] = model
     fv.save(out)
     result = {**fv.describe(), "effects": [[None if v != v else float(v) for v in row] for row in fv.effects.tolist()]}

@@ -341,6 +341,7 @@ def build_function_vector(
     n_top_heads: int = 10,
     layer: int | None = None,
     layers: Sequence[int] | None = None,
+    sweep_layers: Sequence[int] | None = None,
     sweep_items: int = 24,
     batch_texts: int = 32,
     seed: int = 0,
@@ -350,8 +351,9 @@ def build_function_vector(
 
     `n_prompts` clean and as many corrupted in-context prompts with `n_demos` demonstrations each
     are drawn from the task's training items; `layers` limits which layers' heads are measured
-    (default all); `layer` fixes where the vector is added, else the layer of best zero-shot
-    accuracy on up to `sweep_items` training items is taken (the paper's sweep).
+    (default all); `layer` fixes where the vector is added, else the layer (of `sweep_layers`,
+    default all) of best zero-shot accuracy on up to `sweep_items` training items is taken (the
+    paper's sweep).
     """
     hm = _hm(model)
     rng = random.Random(seed)
@@ -368,7 +370,8 @@ def build_function_vector(
     sweep = make_prompts(model.tokenizer, train[:sweep_items], train, 0, rng)
     layer_accuracy: dict[int, float] = {}
     if layer is None:
-        for cand in tqdm(range(hm.n_layers), desc="layer sweep", disable=not progress, leave=False):
+        candidates = list(range(hm.n_layers)) if sweep_layers is None else list(sweep_layers)
+        for cand in tqdm(candidates, desc="layer sweep", disable=not progress, leave=False):
             layer_accuracy[cand] = float(answer_probs(hm, sweep, vector, cand, batch_texts=batch_texts)[1].float().mean())
         layer = max(layer_accuracy, key=lambda k: (layer_accuracy[k], -k))
     elif not 0 <= layer < hm.n_layers:
