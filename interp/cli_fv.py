@@ -198,8 +198,8 @@ def grains_build(
 ) -> None:
     """Build a GrAInS steering vector from two contrast sets."""
     from interp.atomic import write_json
-    from interp.cli_steer import _contrast_texts, _points
     from interp.fv_reports import grains_report
+    from interp.hooks import HookManager
     from interp.steering import mean_diff
     from interp.steering.grains import AGGREGATES, grains_vector
 
@@ -213,10 +213,12 @@ def grains_build(
         raise InterpError(f"--frame {frame!r} has no {{text}} slot")
     if top_k < 1 or steps < 1:
         raise InterpError(f"--top-k and --steps must be at least 1 (got {top_k} and {steps})")
+    if (layer is None) == (hook is None):
+        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hook POINT")
     pos, neg = _contrast_texts(positive, negative, text_field)
     _check_out(out)
     lm = _load(model, device)
-    points = _points(lm, layer, hook)
+    points = HookManager(lm).resolve(f"resid_post:{layer}" if layer is not None else hook)
     vec = grains_vector(lm, pos, neg, points, top_k=top_k, steps=steps, frame=frame, targets=tuple(pair), how=aggregate)
     vec.params.update({"positive": positive, "negative": negative, "model_spec": model})
     reference = mean_diff(lm, pos, neg, points, pool="mean", progress=False)
@@ -230,6 +232,18 @@ def grains_build(
     typer.echo(f"GrAInS from {len(pos)}+{len(neg)} texts (completeness error {vec.params['mean_completeness_error']:.2g}); {norms}")
     typer.echo(f"wrote {out}/vector.safetensors, vector.json, results.json and report.html "
                f"(apply: interp steer generate --vector {out} --norm-preserve)")
+
+
+def _contrast_texts(positive: str, negative: Optional[str], text_field: str) -> tuple[list[str], list[str]]:
+    from interp.steering import load_builtin_pairs, read_texts
+
+    if positive == "builtin:sentiment" and negative is None:
+        return load_builtin_pairs()
+    if positive.startswith("builtin:") or (negative or "").startswith("builtin:"):
+        raise InterpError("the only built-in contrast set is --positive builtin:sentiment (with no --negative)")
+    if negative is None:
+        raise InterpError("--negative is missing: give a file of negative texts (or use --positive builtin:sentiment)")
+    return read_texts(positive, text_field), read_texts(negative, text_field)
 
 
 def register(app: typer.Typer) -> None:
