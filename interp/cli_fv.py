@@ -189,7 +189,7 @@ def grains_build(
     layer: Optional[str] = typer.Option(None, "--layer", help="layer(s) whose resid_post to steer: N, A-B or A,B"),
     hook: Optional[str] = typer.Option(None, "--hook", help="hook point(s) instead of --layer"),
     top_k: int = typer.Option(3, "--top-k", help="tokens ablated on each side (largest positive / negative attributions)"),
-    steps: int = typer.Option(16, "--steps", help="integrated-gradient steps"),
+    steps: int = typer.Option(16, "--ig-steps", help="integrated-gradient steps (midpoint rule)"),
     aggregate: str = typer.Option("pca", "--aggregate", help="pca (first principal component of the shifts) or mean"),
     frame: str = typer.Option("{text} Overall, it was", "--frame", help="prompt around each text; {text} is the text"),
     targets: str = typer.Option(" good, bad", "--targets", help="preferred and dispreferred next tokens, comma-separated"),
@@ -212,7 +212,7 @@ def grains_build(
     if "{text}" not in frame:
         raise InterpError(f"--frame {frame!r} has no {{text}} slot")
     if top_k < 1 or steps < 1:
-        raise InterpError(f"--top-k and --steps must be at least 1 (got {top_k} and {steps})")
+        raise InterpError(f"--top-k and --ig-steps must be at least 1 (got {top_k} and {steps})")
     if (layer is None) == (hook is None):
         raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hook POINT")
     pos, neg = _contrast_texts(positive, negative, text_field)

@@ -13,7 +13,10 @@ from interp.tasks import load_task
 from tests.e2e.cli import interp
 
 pytestmark = pytest.mark.slow
-LRC_MARGIN, LRC_EDIT_MIN, GRAINS_MIN_COS, GRAINS_MIN_MARGIN = 0.1, 0.2, 0.0, 0.0
+# lrc as run below, measured: held-out accuracy 0.47 (17 subjects, majority class 0.18), probe 0.59;
+# edits make 0.65 of held-out prompts answer the target (probe directions 0.47).
+LRC_MARGIN, LRC_EDIT_MIN = 0.15, 0.35
+GRAINS_MIN_COS, GRAINS_MIN_MARGIN = 0.0, 0.0
 
 FV_SETTINGS = dict(n_prompts=4, n_demos=5, n_top_heads=10, layers=range(10, 24), sweep_layers=[12, 15], sweep_items=16,
                    batch_texts=90, progress=False)
@@ -38,12 +41,13 @@ def test_function_vector_raises_held_out_zero_shot_accuracy_on_two_tasks_across_
 
 def test_fv_build_then_apply_through_the_cli(tmp_path):
     vec, out = tmp_path / "fv", tmp_path / "eval"
-    build = interp("fv", "build", "--task", "antonyms", "--n-prompts", "4", "--head-layers", "12-20", "--layer", "15",
-                   "--n-heads", "8", "--out", str(vec))
+    # seed 0 of the API test above, with the layer its sweep chose (12) fixed: the same vector
+    build = interp("fv", "build", "--task", "antonyms", "--n-prompts", "4", "--head-layers", "10-23", "--layer", "12",
+                   "--out", str(vec))
     assert str(vec) in build.stdout
     built = json.loads((vec / "results.json").read_text())
-    assert len(built["heads"]) == 8 and all(12 <= h["layer"] <= 20 for h in built["heads"])
-    assert built["heads"][0]["effect"] > 0 and built["layer"] == 15
+    assert len(built["heads"]) == 10 and all(10 <= h["layer"] <= 23 for h in built["heads"])
+    assert built["heads"][0]["effect"] > 0 and built["layer"] == 12
     assert built["params"]["clean_accuracy"] > built["params"]["corrupted_accuracy"]
     interp("fv", "apply", "--vector", str(vec), "--out", str(out))
     result = json.loads((out / "results.json").read_text())
@@ -56,7 +60,7 @@ def test_fv_build_then_apply_through_the_cli(tmp_path):
 
 def test_lrc_through_the_cli_beats_chance_and_edits_the_answer(tmp_path):
     out = tmp_path / "lrc"
-    interp("lrc", "--relation", "city_country", "--n-lre", "3", "--out", str(out))
+    interp("lrc", "--relation", "city_country", "--subject-layer", "8", "--n-lre", "4", "--rank", "64", "--out", str(out))
     result = json.loads((out / "results.json").read_text())
     acc = result["accuracy"]
     print(acc, result["edits"])
@@ -73,15 +77,15 @@ def test_grains_build_then_steer_eval_moves_the_held_out_probe(tmp_path):
     (tmp_path / "pos.txt").write_text("\n".join(pos[:16]) + "\n")
     (tmp_path / "neg.txt").write_text("\n".join(neg[:16]) + "\n")
     build = interp("grains", "build", "--positive", str(tmp_path / "pos.txt"), "--negative", str(tmp_path / "neg.txt"),
-                   "--layer", "9", "--steps", "8", "--out", str(vec))
+                   "--layer", "9", "--ig-steps", "8", "--out", str(vec))
     assert "steer generate" in build.stdout
     built = json.loads((vec / "results.json").read_text())
     assert built["cosine_with_mean_diff"]["blocks.9.hook_resid_post"] > GRAINS_MIN_COS
     prompts.write_text("\n".join(BUILTIN_PROMPTS[:4]) + "\n")
-    interp("steer", "eval", "--vector", str(vec), "--out", str(out), "--prompts", str(prompts), "--alphas", "-0.5,0,0.5",
-           "--alpha-unit", "norm", "--seeds", "2", "--max-new-tokens", "16")
+    interp("steer", "eval", "--vector", str(vec), "--out", str(out), "--prompts", str(prompts), "--alphas", "0,0.5",
+           "--alpha-unit", "norm", "--seeds", "2", "--max-new-tokens", "16", "--probe-point", "blocks.20.hook_resid_post")
     curve = {row["alpha"]: row for row in json.loads((out / "results.json").read_text())["curve"]}
-    margins = [curve[0.5]["probe_p_positive_by_seed"][s] - curve[-0.5]["probe_p_positive_by_seed"][s] for s in ("0", "1")]
+    margins = [curve[0.5]["probe_p_positive_by_seed"][s] - curve[0.0]["probe_p_positive_by_seed"][s] for s in ("0", "1")]
     print("GrAInS probe margins by seed:", margins)
     assert min(margins) > GRAINS_MIN_MARGIN
 
