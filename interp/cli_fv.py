@@ -36,6 +36,18 @@ def _load(model: str, device: Optional[str]):
     return load_model(model, device=device)
 
 
+def _number(text: str, what: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise InterpError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InterpError(f"{what} must be a finite number, got {text!r}")
+    return value
+
+
 def _layer(text: Optional[str], n_layers: int, what: str) -> Optional[int]:
     from interp.hooks import parse_layers
 
@@ -61,7 +73,7 @@ def fv_build(
                               "accuracy on training items)"),
     head_layers: str = typer.Option("all", "--head-layers", help="layers whose heads are measured: all, A-B, or a list"),
     sweep_layers: str = typer.Option("all", "--sweep-layers", help="with --layer auto: the layers tried"),
-    batch_texts: int = typer.Option(90, "--batch-texts", help="prompts (patched rows) per forward pass"),
+    batch_texts: int = typer.Option(90, "--batch-texts", help="texts per forward pass (prompts, or patched rows of prompts)"),
     seed: int = typer.Option(0, "--seed", help="seed of the prompt sampling"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
@@ -103,8 +115,8 @@ def fv_apply(
     task: Optional[str] = typer.Option(None, "--task", help="task whose held-out items are scored (default: the vector's)"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     n_demos: int = typer.Option(5, "--n-demos", help="demonstrations in the few-shot prompts"),
-    alpha: float = typer.Option(1.0, "--alpha", help="steering strength: alpha times the vector is added"),
-    batch_texts: int = typer.Option(32, "--batch-texts", help="prompts per forward pass"),
+    alpha: str = typer.Option("1.0", "--alpha", help="steering strength: alpha times the vector is added"),
+    batch_texts: int = typer.Option(32, "--batch-texts", help="texts (prompts) per forward pass"),
     seed: int = typer.Option(0, "--seed", help="seed of the demonstration sampling"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
@@ -114,13 +126,14 @@ def fv_apply(
     from interp.fv_reports import fv_apply_report
     from interp.tasks import load_task
 
+    strength = _number(alpha, "--alpha")
     fv = fvs.FunctionVector.load(vector)
     data = load_task(task or fv.task)
     if n_demos < 1 or n_demos >= len(data.train):
         raise InterpError(f"--n-demos must lie in 1..{len(data.train) - 1} (the task's training items), got {n_demos}")
     _check_out(out)
     lm = _load(model, device)
-    result = fvs.evaluate_function_vector(lm, fv, data, n_demos=n_demos, alpha=alpha, batch_texts=batch_texts, seed=seed)
+    result = fvs.evaluate_function_vector(lm, fv, data, n_demos=n_demos, alpha=strength, batch_texts=batch_texts, seed=seed)
     result["vector"] = {k: v for k, v in fv.describe().items() if k != "manifest"}
     result["vector_dir"] = str(vector)
     write_json(out / "results.json", result)
@@ -143,7 +156,7 @@ def lrc(
     object_layer: int = typer.Option(-1, "--object-layer", help="layer of the object representation (-1: the last)"),
     rank: int = typer.Option(64, "--rank", help="rank of the LRE's pseudo-inverse"),
     n_lre: int = typer.Option(8, "--n-lre", help="training prompts whose Jacobians are averaged into the LRE"),
-    alpha: float = typer.Option(1.0, "--alpha", help="steering strength of the causal edits: alpha * |s| * (v_target - v_source)"),
+    alpha: str = typer.Option("1.0", "--alpha", help="steering strength of the causal edits: alpha * |s| * (v_target - v_source)"),
     seed: int = typer.Option(0, "--seed", help="seed of the LRE prompt choice and the edit targets"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
@@ -155,6 +168,7 @@ def lrc(
     from interp.relations import TEMPLATES
     from interp.tasks import load_task
 
+    strength = _number(alpha, "--alpha")
     data = load_task(relation)
     prompt = template or TEMPLATES.get(data.name)
     if prompt is None:
@@ -165,7 +179,7 @@ def lrc(
         raise InterpError(f"--rank and --n-lre must be at least 1 (got {rank} and {n_lre})")
     _check_out(out)
     lm = _load(model, device)
-    result, tensors = run_lrc(lm, data, prompt, subject_layer, object_layer, rank, n_lre, alpha, seed)
+    result, tensors = run_lrc(lm, data, prompt, subject_layer, object_layer, rank, n_lre, strength, seed)
     from interp.atomic import write_safetensors
 
     write_safetensors(out / "concepts.safetensors", tensors, metadata={"format": "interp.lrc"})
