@@ -140,7 +140,7 @@ def transfer_command(
 
     from interp import load_model
     from interp.atomic import write_json
-    from interp.steering import (BUILTIN_PROMPTS, LexiconScorer, SteeringVector, check_compatible, eval_figure, evaluate as run_eval,
+    from interp.steering import (BUILTIN_PROMPTS, LexiconScorer, SteeringVector, check_vector, eval_figure, evaluate as run_eval,
                                  fit_sentiment_probe, read_texts)
     from interp.steering.transfer import ActivationMap, transfer_vector
     from interp.reports import html_table, write_report
@@ -166,7 +166,7 @@ def transfer_command(
         lm = load_model(model or str(amap.info.get("target_spec") or amap.info.get("target_model")), device=device)
         vectors = {"transferred": moved, **({"native": other} if other is not None else {})}
         for vec in vectors.values():
-            check_compatible(lm, vec)
+            check_vector(lm, vec)
         # one probe scorer for both, trained on none of either vector's build texts
         used = sorted({h for vec in vectors.values() for h in vec.source.get("text_hashes", [])})
         probe = fit_sentiment_probe(lm, point, SteeringVector(moved.directions, moved.model_name, "union",
@@ -175,9 +175,13 @@ def transfer_command(
         result["probe"] = {"point": probe.point, "test_accuracy": probe.test_accuracy_, "n_test": probe.n_test_}
         prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)
         alpha_list = _alphas(alphas)
+        baseline: dict = {}
         for name, vec in vectors.items():
-            result["curves"][name] = run_eval(lm, vec, prompt_list, alpha_list, scorers, seeds=list(range(seeds)),
-                                              max_new_tokens=max_new_tokens, temperature=temperature, alpha_unit=alpha_unit)["curve"]
+            todo = [a for a in alpha_list if not (a == 0 and baseline)]  # the unsteered runs are the same for both
+            curve = run_eval(lm, vec, prompt_list, todo, scorers, seeds=list(range(seeds)), max_new_tokens=max_new_tokens,
+                             temperature=temperature, alpha_unit=alpha_unit)["curve"]
+            baseline = baseline or next((row for row in curve if row["alpha"] == 0), {})
+            result["curves"][name] = sorted(curve + ([baseline] if len(todo) < len(alpha_list) else []), key=lambda r: r["alpha"])
         table = [{"vector": name, "alpha": row["alpha"], "probe_p_positive": row["probe_p_positive"], "lexicon": row["lexicon"],
                   "fluency_loss": row["fluency_loss"]} for name, curve in result["curves"].items() for row in curve]
         result["table"] = table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -174,3 +176,38 @@ def test_vector_types_survive_transfer(tiny_model, tmp_path):
     back = SteeringVector.load(tmp_path / "v")
     assert back.points == ["blocks.2.hook_resid_post"] and back.source["text_hashes"] == ["h1"]
     assert back.params["transferred_from"]["point"] == POINT
+
+
+def test_steer_map_and_transfer_commands_on_tiny_models(tiny_llama_dir, tmp_path, capsys):
+    """`steer map` between a tiny model and its rotated copy finds the rotation; `steer transfer` carries
+    a vector built on the first onto the second, where it steers exactly as the original does."""
+    from interp.cli import main
+
+    planted = _rotated_copy(tiny_llama_dir, tmp_path / "rotated", scale=2.0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join([TINY_CORPUS] * 12))
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("I love this film, it is wonderful.\nThe sun is hot.\n")
+    neg.write_text("I hate this film, it is terrible.\nThe snow is cold.\n")
+    vec, amap, out = tmp_path / "vec", tmp_path / "map", tmp_path / "moved"
+    assert main(["steer", "build", "--model", str(tiny_llama_dir), "--positive", str(pos), "--negative", str(neg),
+                 "--hook", POINT, "--out", str(vec)]) == 0
+    assert main(["steer", "map", "--from-model", str(tiny_llama_dir), "--to-model", str(tmp_path / "rotated"), "--hook-from", POINT,
+                 "--hook-to", "resid_post:1", "--data", str(corpus), "--texts", "40", "--chars", "120", "--ridge", "0",
+                 "--out", str(amap)]) == 0
+    printed = capsys.readouterr().out
+    info = json.loads((amap / "map.json").read_text())
+    assert info["heldout_fve"] > 0.9999 and f"held-out {info['heldout_fve']:.3f}" in printed
+    assert (amap / "report.html").read_text().count("plotly") > 0
+    assert main(["steer", "transfer", "--vector", str(vec), "--map", str(amap), "--out", str(out), "--no-eval"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    moved = SteeringVector.load(out)
+    v = SteeringVector.load(vec).directions[POINT]
+    assert moved.model_name == "rotated" and moved.points == [POINT]
+    assert torch.allclose(moved.directions[POINT], v @ planted, atol=1e-3 * float(v.norm()))
+    assert json.loads((out / "results.json").read_text())["map"]["kind"] == "affine"
+    # a vector built on the wrong model, or a map folder that is not one: one-line errors
+    assert main(["steer", "transfer", "--vector", str(out), "--map", str(amap), "--out", str(tmp_path / "x"), "--no-eval"]) == 1
+    assert main(["steer", "transfer", "--vector", str(vec), "--map", str(tmp_path), "--out", str(tmp_path / "y"), "--no-eval"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "Traceback" not in err and not (tmp_path / "x").exists()
