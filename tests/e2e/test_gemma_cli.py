@@ -2,7 +2,9 @@
 paths new to both models (capture and greedy generation against plain transformers; a steering
 vector carried from SmolLM2 to Gemma through a map between their residual streams).
 
-Gemma's floors are measured on this model (numbers beside each), set below them with margin.
+Gemma's quality floors (SAE FVE, steering margin, probe and CAV accuracy, transfer) are still
+provisional: they are SmolLM2's floors, and must be re-set from a run of this file on an unloaded
+machine (its prints give the figures), below the measured values with margin.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ pytestmark = pytest.mark.slow
 GEMMA = "gemma3-270m"
 STEER_LAYER = 6  # of 18; SmolLM2's tests steer at 9 of 30
 ALPHA = 0.5  # in units of the mean residual norm at the point
-MIN_MARGIN = 0.15  # per seed, probe P(positive) at +ALPHA minus at -ALPHA; measured below
+MIN_MARGIN = 0.15  # per seed, probe P(positive) at +ALPHA minus at -ALPHA (provisional)
 SAE_POINT = "blocks.0.hook_resid_post"
 STREAM_TOKENS = 140_000  # more than the shuffle buffer (2**17 rows): the stream refills once
-FVE_FLOOR_STREAM = 0.70  # measured below
+FVE_FLOOR_STREAM = 0.70  # held-out FVE (provisional)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +83,22 @@ def test_cached_activations_equal_transformers_hidden_states(spec, hf_models, pr
 @pytest.mark.parametrize("spec", ["smollm2-135m", GEMMA])
 def test_greedy_generation_equals_transformers_with_and_without_the_kv_cache(spec, hf_models):
     hf, tok = hf_models[spec]
-    prompt = "The capital of France is"
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    if ids[0, 0] != tok.bos_token_id:  # SmolLM2's tokenizer adds no BOS; interp always starts with one
-        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
-    with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-    want = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    args = ("steer", "generate", "--model", spec, "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "0")
-    cached, uncached = interp(*args).stdout.strip(), interp(*args, "--no-kv-cache").stdout.strip()
-    print(f"{spec}: {want!r}")
-    assert cached == uncached == want.strip()
+    prompt, n_new = "The capital of France is", 12
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)  # interp starts every prompt with BOS
+    with torch.no_grad():  # greedy by hand: n_new full forwards, argmax of the last logits, no stopping rule
+        for _ in range(n_new):
+            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    new = ids[0, -n_new:].tolist()
+    special = set(tok.all_special_ids)
+    stop = next((i for i, t in enumerate(new) if t in special), n_new)  # the CLI may stop at an end-of-text token
+    want = tok.decode(new[:stop], skip_special_tokens=True).rstrip("\n")
+    args = ("steer", "generate", "--model", spec, "--prompt", prompt, "--max-new-tokens", str(n_new), "--temperature", "0")
+    cached, uncached = interp(*args).stdout.rstrip("\n"), interp(*args, "--no-kv-cache").stdout.rstrip("\n")
+    print(f"{spec}: transformers {want!r}, interp {cached!r}")
+    assert cached == uncached
+    assert cached == want if stop == n_new else cached.startswith(want)
+    assert len(want.split()) >= 2
 
 
 def test_streamed_sae_train_on_gemma(prose, tmp_path):
