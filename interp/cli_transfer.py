@@ -87,8 +87,11 @@ def map_command(
     options = {"ridge": ridge} if kind == "affine" else {"hidden": hidden, "steps": steps, "lr": lr, "seed": seed}
     amap = fit_map(kind, fit.source, fit.target, **options)
     with torch.no_grad():
-        train_fve, heldout_fve = fve(amap(fit.source), fit.target), fve(amap(held.source), held.target)
-        cos = torch.nn.functional.cosine_similarity(amap(held.source), held.target, dim=1).mean()
+        pred = amap(held.source)
+        train_fve, heldout_fve = fve(amap(fit.source), fit.target), fve(pred, held.target)
+        cos = torch.nn.functional.cosine_similarity(pred, held.target, dim=1).mean()
+        centred = (held.target - held.target.mean(0)).pow(2).sum(0).clamp_min(1e-30)
+        per_dim = (1 - (held.target - pred).pow(2).sum(0) / centred).tolist()  # held-out FVE of each target dimension
     point_from, point_to = HookManager(source).resolve(hook_from)[0], HookManager(target).resolve(hook_to)[0]
     stats = {
         "source_model": source.interp_name, "target_model": target.interp_name, "source_spec": from_model, "target_spec": to_model,
@@ -101,10 +104,11 @@ def map_command(
     amap.info.update(stats)
     amap.save(out)
     write_json(out / "results.json", {k: v for k, v in amap.info.items() if k != "loss_history"} | {"kind": kind})
-    figures = []
-    if "loss_history" in amap.info:
-        import plotly.graph_objects as go
+    import plotly.graph_objects as go
 
+    figures = [go.Figure(go.Histogram(x=per_dim, nbinsx=50), layout={
+        "title": f"held-out FVE of each of the {len(per_dim)} target dimensions", "xaxis_title": "FVE", "yaxis_title": "dimensions"})]
+    if "loss_history" in amap.info:
         hist = amap.info["loss_history"]
         figures.append(go.Figure(go.Scatter(x=[h["step"] for h in hist], y=[h["loss"] for h in hist], mode="lines"),
                                  layout={"title": "autoencoder training loss (standardised MSE)", "xaxis_title": "step",
