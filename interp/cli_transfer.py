@@ -16,9 +16,8 @@ from typing import Optional
 
 import typer
 
+from interp.cli_common import DATA_HELP, DEVICE_HELP, MODEL_HELP, TEXT_FIELD_HELP
 from interp.errors import InterpError
-
-MODEL_HELP = "'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a local HF model directory or a hub name"
 
 
 def _passages(data: str, text_field: str, n_chars: int, limit: int) -> list[str]:
@@ -51,17 +50,17 @@ def map_command(
     hook_to: str = typer.Option(..., "--hook-to", help="target hook point, e.g. blocks.6.hook_resid_post"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for map.safetensors + map.json, results.json and report.html"),
     kind: str = typer.Option("affine", "--kind", help="affine (closed-form ridge) or autoencoder (encoder, ReLU, decoder; Adam)"),
-    data: str = typer.Option("builtin", "--data", help="text both models read: builtin, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"),
-    text_field: str = typer.Option("text", "--text-field", help="text column of a table file"),
+    data: str = typer.Option("builtin", "--data", help="text both models read: " + DATA_HELP),
+    text_field: str = typer.Option("text", "--text-field", help=TEXT_FIELD_HELP),
     texts: int = typer.Option(400, "--texts", help="passages to read (80% fit the map, 20% measure it)"),
     chars: int = typer.Option(400, "--chars", help="characters per passage"),
     hidden: int = typer.Option(1024, "--hidden", help="autoencoder: hidden width"),
     steps: int = typer.Option(2000, "--steps", help="autoencoder: Adam steps"),
     lr: float = typer.Option(1e-3, "--lr", help="autoencoder: peak learning rate"),
     ridge: float = typer.Option(1e-4, "--ridge", help="affine: ridge penalty relative to the mean source variance"),
-    batch_texts: int = typer.Option(8, "--batch-texts", help="passages per forward pass"),
+    batch_texts: int = typer.Option(8, "--batch-texts", help="texts (passages) per forward pass"),
     seed: int = typer.Option(0, "--seed", help="seed of the fit/held-out split and of the autoencoder"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA if present)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Fit a map from one model's activations to another's, on the same text aligned by characters."""
     import torch
@@ -137,7 +136,7 @@ def transfer_command(
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="tokens to generate per run"),
     temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature; 0 is greedy"),
     labelled: Optional[str] = typer.Option(None, "--labelled", help="labelled data of the probe scorer (default: builtin:sentiment)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA if present)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Carry a steering vector through a map onto the target model, and measure it there."""
     import torch
