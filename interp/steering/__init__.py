@@ -10,15 +10,19 @@
   `evaluate` / `layer_sweep`, and their figures and HTML report.
 - `lineas`: LinEAS, per-dimension affine maps on several layers fitted end to end (`fit_lineas`,
   `LinEASMaps`, `apply_lineas`); `gguf_export`: llama.cpp control vectors (`export_gguf`, `import_gguf`).
+- `alignment`, `transfer`: activations of two models on the same text paired by character offsets
+  (`aligned_activations`), maps between their residual streams (`ActivationMap`, `fit_map`) and
+  vectors carried through them (`transfer_vector`).
 - `extensions`: where other packages plug in vectors from their artifacts (SAE latents in
   `saes.steering`, probe directions in `probes.results`), handing this package a plain direction.
 
 Imports run one way: `vector` and `texts` import no other module here; `build` imports
 `vector`; `steer` imports `vector` and `texts`; `scorers` imports `vector` and `texts`;
-`evaluation` imports `steer` and `scorers`; `gguf_export` imports `vector`; `lineas` and
-`extensions` import none of them. Everything public is re-exported here.
+`evaluation` imports `steer` and `scorers`; `gguf_export` and `transfer` import `vector`; `lineas`,
+`alignment` and `extensions` import none of them. Everything public is re-exported here.
 """
 
+from interp.steering.alignment import AlignedActivations, aligned_activations
 from interp.steering.build import from_direction, mean_diff, pca_diff, text_hash
 from interp.steering.evaluation import continuation_loss, evaluate, layer_sweep
 from interp.steering.gguf_export import export_gguf, gguf_layers, import_gguf
@@ -36,10 +40,12 @@ from interp.steering.steer import (
     scaled_directions,
 )
 from interp.steering.texts import BUILTIN_PROMPTS, DATA_DIR, load_builtin_pairs, load_labelled_texts, read_texts
+from interp.steering.transfer import ActivationMap, fit_affine, fit_autoencoder, fit_map, transfer_vector
 from interp.steering.vector import FORMAT, VERSION, SteeringVector
 
 __all__ = [
     "ALPHA_UNITS", "BUILTIN_PROMPTS", "DATA_DIR", "FORMAT", "POSITIONS", "VERSION",
+    "ActivationMap", "AlignedActivations", "aligned_activations", "fit_affine", "fit_autoencoder", "fit_map", "transfer_vector",
     "LexiconScorer", "LinEASMaps", "ProbeScorer", "Scorer", "SteeringVector",
     "apply", "apply_lineas", "check_vector", "continuation_loss", "eval_figure", "evaluate", "export_gguf",
     "fit_lineas", "fit_sentiment_probe", "from_direction", "generate", "generate_ids", "gguf_layers",

@@ -1,0 +1,205 @@
+"""Every main path end to end through the CLI on the second embedded model, Gemma 3 270M, and the
+paths new to both models (capture and greedy generation against plain transformers; a steering
+vector carried from SmolLM2 to Gemma through a map between their residual streams).
+
+Gemma's quality floors (SAE FVE, steering margin, probe and CAV accuracy, transfer) are still
+provisional: they are SmolLM2's floors, and must be re-set from a run of this file on an unloaded
+machine (its prints give the figures), below the measured values with margin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interp.data import token_batches
+from interp.models import model_source
+from interp.steering import BUILTIN_PROMPTS
+from interp.store import ActivationStore
+from tests.e2e.cli import interp
+
+pytestmark = pytest.mark.slow
+
+GEMMA = "gemma3-270m"
+STEER_LAYER = 6  # of 18; SmolLM2's tests steer at 9 of 30
+ALPHA = 0.5  # in units of the mean residual norm at the point
+MIN_MARGIN = 0.15  # per seed, probe P(positive) at +ALPHA minus at -ALPHA (provisional)
+SAE_POINT = "blocks.0.hook_resid_post"
+STREAM_TOKENS = 140_000  # more than the shuffle buffer (2**17 rows): the stream refills once
+FVE_FLOOR_STREAM = 0.70  # held-out FVE (provisional)
+
+
+@pytest.fixture(scope="module")
+def hf_models():
+    """Plain transformers models of both embedded models (eager attention, as the bridge uses), loaded once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = {}
+    for spec in ("smollm2-135m", GEMMA):
+        path = model_source(spec)[0]
+        out[spec] = (AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval(), AutoTokenizer.from_pretrained(path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gemma_vector(tmp_path_factory) -> Path:
+    """A mean-difference sentiment vector built natively on Gemma (layer STEER_LAYER) through the CLI."""
+    out = tmp_path_factory.mktemp("gemma_vec") / "vec"
+    proc = interp("steer", "build", "--model", GEMMA, "--positive", "builtin:sentiment", "--layer", str(STEER_LAYER), "--out", str(out))
+    assert str(out) in proc.stdout and (out / "vector.safetensors").exists()
+    return out
+
+
+def test_inspect_lists_gemmas_hook_points():
+    proc = interp("inspect", "--model", GEMMA)
+    assert "gemma3-270m: 18 layers, d_model 640, 4 heads, d_vocab 262144" in proc.stdout
+    for name in ("blocks.{L}.hook_resid_post", "blocks.{L}.ln1_post.hook_out", "blocks.{L}.ln2_post.hook_out", "hook_embed"):
+        assert name in proc.stdout, name
+
+
+@pytest.mark.parametrize("spec", ["smollm2-135m", GEMMA])
+def test_cached_activations_equal_transformers_hidden_states(spec, hf_models, prose, tmp_path):
+    hf, tok = hf_models[spec]
+    store, n_tokens = tmp_path / "store", 2 * 63
+    interp("cache", "--model", spec, "--hooks", "resid_post:0,5", "--data", str(prose["heldout"]), "--tokens", str(n_tokens),
+           "--ctx-len", "64", "--batch-size", "2", "--out", str(store))
+    contexts = torch.cat(list(token_batches(tok, str(prose["heldout"]), 64, 2, n_tokens)))
+    with torch.no_grad():
+        hidden = hf(contexts, output_hidden_states=True).hidden_states
+    for layer in (0, 5):
+        name = f"blocks.{layer}.hook_resid_post"
+        rows = torch.as_tensor(ActivationStore(store).tensor(name)).float()
+        want = hidden[layer + 1][:, 1:].reshape(-1, hidden[0].shape[-1])
+        scale = float(want.abs().max())
+        print(f"{spec} {name}: max |store - transformers| {float((rows - want).abs().max()):.2e} (activations up to {scale:.3g})")
+        assert rows.shape == want.shape
+        assert torch.allclose(rows, want, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("spec", ["smollm2-135m", GEMMA])
+def test_greedy_generation_equals_transformers_with_and_without_the_kv_cache(spec, hf_models):
+    hf, tok = hf_models[spec]
+    prompt, n_new = "The capital of France is", 12
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)  # interp starts every prompt with BOS
+    with torch.no_grad():  # greedy by hand: n_new full forwards, argmax of the last logits, no stopping rule
+        for _ in range(n_new):
+            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    new = ids[0, -n_new:].tolist()
+    special = set(tok.all_special_ids)
+    stop = next((i for i, t in enumerate(new) if t in special), n_new)  # the CLI may stop at an end-of-text token
+    want = tok.decode(new[:stop], skip_special_tokens=True).rstrip("\n")
+    args = ("steer", "generate", "--model", spec, "--prompt", prompt, "--max-new-tokens", str(n_new), "--temperature", "0")
+    cached, uncached = interp(*args).stdout.rstrip("\n"), interp(*args, "--no-kv-cache").stdout.rstrip("\n")
+    print(f"{spec}: transformers {want!r}, interp {cached!r}")
+    assert cached == uncached
+    assert cached == want if stop == n_new else cached.startswith(want)
+    assert len(want.split()) >= 2
+
+
+def test_streamed_sae_train_on_gemma(prose, tmp_path):
+    out = tmp_path / "sae"
+    proc = interp("sae", "train", "--model", GEMMA, "--hook", SAE_POINT, "--arch", "topk", "--k", "16", "--width", "1280",
+                  "--tokens", str(STREAM_TOKENS), "--batch-size", "2048", "--data", str(prose["train"]), "--eval-tokens", "2000",
+                  "--out", str(out))
+    assert "saved the SAE" in proc.stdout
+    training = json.loads((out / "training.json").read_text())
+    assert training["tokens"] == STREAM_TOKENS > 2**17
+    fvu = [h["fvu"] for h in training["history"]]
+    fve = _heldout_fve(out, prose["heldout"].read_text())
+    print(f"Gemma streamed SAE at {SAE_POINT}: held-out FVE {fve:.3f}, FVU first/last logged {fvu[0]:.3f}/{fvu[-1]:.3f}")
+    assert fvu[-1] < 0.5 * fvu[0]
+    assert fve > FVE_FLOOR_STREAM
+
+
+def _heldout_fve(sae_dir: Path, text: str, n_contexts: int = 12, ctx_len: int = 128) -> float:
+    """1 - sum |x - x_hat|^2 / sum |x - mean x|^2 on held-out tokens, from plain transformers and the saved weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_source(GEMMA)[0]
+    hf, tok = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval(), AutoTokenizer.from_pretrained(path)
+    raw = json.loads((sae_dir / "cfg.json").read_text())
+    cfg = {**raw.get("metadata", {}), **raw}
+    w = load_file(str(sae_dir / "sae_weights.safetensors"))
+    assert cfg["architecture"] == "topk" and cfg["hook_name"] == SAE_POINT
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    body = ctx_len - 1
+    contexts = torch.tensor([[tok.bos_token_id] + ids[i * body : (i + 1) * body] for i in range(n_contexts)])
+    with torch.no_grad():
+        x = hf(contexts, output_hidden_states=True).hidden_states[1][:, 1:].reshape(-1, 640)  # blocks.0 resid_post
+    centred = x - w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
+    pre = torch.relu(centred @ w["W_enc"] + w["b_enc"])
+    top = pre.topk(cfg["k"], dim=-1)
+    x_hat = torch.zeros_like(pre).scatter_(-1, top.indices, top.values) @ w["W_dec"] + w["b_dec"]
+    return float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def test_probe_sweep_on_gemma(tmp_path):
+    out = tmp_path / "probe"
+    interp("probe", "--model", GEMMA, "--data", "builtin:sentiment", "--points", "resid_post:0,6,12", "--bootstrap", "100", "--out", str(out))
+    points = json.loads((out / "results.json").read_text())["points"]
+    acc = {p: m["accuracy"] for p, m in points.items()}
+    print("Gemma probe accuracy:", acc, "control:", {p: m["control_accuracy"] for p, m in points.items()})
+    assert max(acc["blocks.6.hook_resid_post"], acc["blocks.12.hook_resid_post"]) >= 0.85
+    assert acc["blocks.0.hook_resid_post"] < max(acc.values())
+    for m in points.values():
+        assert m["selectivity"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
+
+
+def test_steering_vector_moves_a_heldout_probe_on_gemma(gemma_vector, tmp_path):
+    out, prompts = tmp_path / "eval", tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(BUILTIN_PROMPTS[:4]) + "\n")
+    interp("steer", "eval", "--model", GEMMA, "--vector", str(gemma_vector), "--out", str(out), "--prompts", str(prompts),
+           "--alphas", f"-{ALPHA},0,{ALPHA}", "--alpha-unit", "norm", "--seeds", "2", "--max-new-tokens", "16")
+    curve = {row["alpha"]: row for row in json.loads((out / "results.json").read_text())["curve"]}
+    by_seed = {a: row["probe_p_positive_by_seed"] for a, row in curve.items()}
+    margins = [by_seed[ALPHA][s] - by_seed[-ALPHA][s] for s in by_seed[ALPHA]]
+    print("Gemma probe P(positive) by alpha:", {a: round(r["probe_p_positive"], 3) for a, r in curve.items()},
+          "margins by seed:", [round(m, 3) for m in margins], "fluency loss:", {a: round(r["fluency_loss"], 2) for a, r in curve.items()})
+    assert min(margins) > MIN_MARGIN
+
+
+def test_tcav_on_gemma(tmp_path):
+    inputs, out = tmp_path / "inputs.txt", tmp_path / "tcav"
+    inputs.write_text("\n".join([
+        "We watched the football match on Saturday and the final",
+        "The team trained hard all week before the big",
+        "Fans filled the stadium to cheer for the home",
+        "The coach said the players were ready for the",
+        "The striker scored twice in the second half of the",
+        "Tickets sold out quickly for the championship",
+    ]) + "\n")
+    interp("tcav", "--model", GEMMA, "--concept", "builtin:sports", "--random", "builtin", "--inputs", str(inputs),
+           "--target", " game", "--points", "resid_post:6", "--runs", "4", "--out", str(out))
+    stats = json.loads((out / "results.json").read_text())["points"]["blocks.6.hook_resid_post"]
+    print("Gemma TCAV:", {k: stats[k] for k in ("mean", "random_mean", "p_value", "cav_accuracy_mean")})
+    assert stats["cav_accuracy_mean"] >= 0.85
+    assert 0.0 <= stats["mean"] <= 1.0 and len(stats["scores"]) == 4
+
+
+def test_a_smollm2_vector_transferred_to_gemma_moves_gemmas_probe(gemma_vector, tmp_path):
+    smol_vec, amap, out = tmp_path / "smol_vec", tmp_path / "map", tmp_path / "transfer"
+    interp("steer", "build", "--model", "smollm2-135m", "--positive", "builtin:sentiment", "--layer", "9", "--out", str(smol_vec))
+    fit = interp("steer", "map", "--from-model", "smollm2-135m", "--to-model", GEMMA, "--hook-from", "resid_post:9",
+                 "--hook-to", f"resid_post:{STEER_LAYER}", "--texts", "150", "--chars", "300", "--out", str(amap))
+    info = json.loads((amap / "map.json").read_text())
+    print(fit.stdout.strip().splitlines()[0])
+    assert info["heldout_fve"] > 0.5 and info["n_rows_fit"] > 3000
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(BUILTIN_PROMPTS[:4]) + "\n")
+    interp("steer", "transfer", "--vector", str(smol_vec), "--map", str(amap), "--native", str(gemma_vector), "--out", str(out),
+           "--prompts", str(prompts), "--alphas", f"-{ALPHA},0,{ALPHA}", "--seeds", "2", "--max-new-tokens", "16")
+    result = json.loads((out / "results.json").read_text())
+    table = {(r["vector"], r["alpha"]): r for r in result["table"]}
+    for r in result["table"]:
+        print(r)
+    print("cosine to native:", round(result["cosine_to_native"], 3))
+    moved = {name: table[(name, ALPHA)]["probe_p_positive"] - table[(name, -ALPHA)]["probe_p_positive"] for name in ("transferred", "native")}
+    print("probe margin +alpha minus -alpha:", moved)
+    assert (out / "vector.safetensors").exists() and "plotly" in (out / "report.html").read_text()
+    assert result["cosine_to_native"] > 0.2
+    assert moved["transferred"] > MIN_MARGIN
