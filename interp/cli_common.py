@@ -8,6 +8,8 @@ here; this module imports nothing of theirs.
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 
 from interp.errors import InterpError
@@ -35,3 +37,22 @@ def positive(value: float, flag: str) -> None:
     """InterpError (one line) unless `value` > 0."""
     if not value > 0:
         raise InterpError(f"{flag} must be positive, got {value}")
+
+
+def parse_number(text: str, what: str) -> float:
+    """A finite float from an option given as text (`--alpha -2` reads as a number, not an option)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InterpError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InterpError(f"{what} must be a finite number, got {text!r}")
+    return value
+
+
+def parse_alphas(text: str) -> list[float]:
+    """A comma list of strengths, e.g. `-8,-4,0,4,8`."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise InterpError("--alphas is empty: give a comma list such as -8,-4,0,4,8")
+    return [parse_number(p, "each of --alphas") for p in parts]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from interp.cli_common import parse_number
 from interp.errors import InterpError
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), a local HF model directory, or a hub name"
@@ -34,18 +35,6 @@ def _load(model: str, device: Optional[str]):
     from interp.models import load_model
 
     return load_model(model, device=device)
-
-
-def _number(text: str, what: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise InterpError(f"{what} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise InterpError(f"{what} must be a finite number, got {text!r}")
-    return value
 
 
 def _layer(text: Optional[str], n_layers: int, what: str) -> Optional[int]:
@@ -126,7 +115,7 @@ def fv_apply(
     from interp.fv_reports import fv_apply_report
     from interp.tasks import load_task
 
-    strength = _number(alpha, "--alpha")
+    strength = parse_number(alpha, "--alpha")
     fv = fvs.FunctionVector.load(vector)
     data = load_task(task or fv.task)
     if n_demos < 1 or n_demos >= len(data.train):
@@ -168,7 +157,7 @@ def lrc(
     from interp.relations import TEMPLATES
     from interp.tasks import load_task
 
-    strength = _number(alpha, "--alpha")
+    strength = parse_number(alpha, "--alpha")
     data = load_task(relation)
     prompt = template or TEMPLATES.get(data.name)
     if prompt is None:

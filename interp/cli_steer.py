@@ -8,7 +8,6 @@ Mistakes a user can make raise `InterpError`; `interp.cli.main` prints it on one
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +15,7 @@ import typer
 
 from interp import cli_steer_methods as methods
 from interp import cli_transfer as transfer
-from interp.cli_common import DEVICE_HELP, MODEL_HELP, TEXT_FIELD_HELP
+from interp.cli_common import DEVICE_HELP, MODEL_HELP, TEXT_FIELD_HELP, parse_alphas, parse_number
 from interp.errors import InterpError
 
 ALPHA_HELP = (
@@ -33,23 +32,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InterpError(f"{what} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise InterpError(f"{what} must be a finite number, got {text!r}")
-    return value
-
-
-def _alphas(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise InterpError("--alphas is empty: give a comma list such as -8,-4,0,4,8")
-    return [_number(p, "each of --alphas") for p in parts]
 
 
 def _load(model: str, device: Optional[str]):
@@ -167,7 +149,7 @@ def generate(
     """Generate text, optionally steered by a vector, an SAE feature or a probe direction."""
     from interp.steering import SteeringVector, extensions, generate as steer_generate
 
-    a = _number(alpha, "--alpha")
+    a = parse_number(alpha, "--alpha")
     sources = [s for s in (vector, sae, probe) if s is not None]
     if len(sources) > 1:
         raise InterpError("give only one of --vector, --sae or --probe")
@@ -216,7 +198,7 @@ def evaluate(
     from interp.steering import SteeringVector, check_vector
     from interp.steering import BUILTIN_PROMPTS, LexiconScorer, evaluate as run_eval, fit_sentiment_probe, read_texts, write_eval_report
 
-    alpha_list = _alphas(alphas)
+    alpha_list = parse_alphas(alphas)
     prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)
     if seeds < 1:
         raise InterpError(f"--seeds must be at least 1, got {seeds}")

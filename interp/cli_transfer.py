@@ -147,7 +147,7 @@ def transfer_command(
                                  fit_sentiment_probe, read_texts)
     from interp.steering.transfer import ActivationMap, transfer_vector
     from interp.reports import html_table, write_report
-    from interp.cli_steer import _alphas
+    from interp.cli_common import parse_alphas
 
     amap = ActivationMap.load(map_dir)
     moved = transfer_vector(SteeringVector.load(vector), amap)
@@ -177,7 +177,7 @@ def transfer_command(
         scorers = {"lexicon": LexiconScorer(), "probe_p_positive": probe}
         result["probe"] = {"point": probe.point, "test_accuracy": probe.test_accuracy_, "n_test": probe.n_test_}
         prompt_list = BUILTIN_PROMPTS if prompts == "builtin" else read_texts(prompts)
-        alpha_list = _alphas(alphas)
+        alpha_list = parse_alphas(alphas)
         baseline: dict = {}
         for name, vec in vectors.items():
             todo = [a for a in alpha_list if not (a == 0 and baseline)]  # the unsteered runs are the same for both
