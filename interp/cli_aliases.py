@@ -22,6 +22,7 @@ RENAMED: dict[tuple[str, ...], dict[str, str]] = {
     ("sae", "train"): {"--hook": "--hooks", "--batch-size": "--batch-tokens"},
     ("sae", "eval"): {"--batch-size": "--batch-contexts"},
     ("sae", "features"): {"--batch-size": "--batch-contexts", "--n-top": "--top-n"},
+    ("grains", "build"): {"--hook": "--hooks", "--top-k": "--n-tokens"},
 }
 
 

@@ -190,8 +190,8 @@ def grains_build(
     negative: Optional[str] = typer.Option(None, "--negative", help="negative texts (omit with builtin:sentiment)"),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     layer: Optional[str] = typer.Option(None, "--layer", help="layer(s) whose resid_post to steer: N, A-B or A,B"),
-    hook: Optional[str] = typer.Option(None, "--hook", help="hook point(s) instead of --layer"),
-    top_k: int = typer.Option(3, "--top-k", help="tokens ablated on each side (largest positive / negative attributions)"),
+    hooks: Optional[str] = typer.Option(None, "--hooks", help="hook point(s) instead of --layer: names or selectors SITE:LAYERS"),
+    n_tokens: int = typer.Option(3, "--n-tokens", help="tokens ablated on each side (largest positive / negative attributions)"),
     steps: int = typer.Option(16, "--ig-steps", help="integrated-gradient steps (midpoint rule)"),
     aggregate: str = typer.Option("pca", "--aggregate", help="pca (first principal component of the shifts) or mean"),
     frame: str = typer.Option("{text} Overall, it was", "--frame", help="prompt around each text; {text} is the text"),
@@ -214,15 +214,15 @@ def grains_build(
     pair = [" " + p.strip() for p in pair]
     if "{text}" not in frame:
         raise InterpError(f"--frame {frame!r} has no {{text}} slot")
-    if top_k < 1 or steps < 1:
-        raise InterpError(f"--top-k and --ig-steps must be at least 1 (got {top_k} and {steps})")
-    if (layer is None) == (hook is None):
-        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hook POINT")
+    if n_tokens < 1 or steps < 1:
+        raise InterpError(f"--n-tokens and --ig-steps must be at least 1 (got {n_tokens} and {steps})")
+    if (layer is None) == (hooks is None):
+        raise InterpError("give exactly one of --layer N (resid_post at layer N; also 'A-B' or 'A,B') or --hooks POINTS")
     pos, neg = _contrast_texts(positive, negative, text_field)
     _check_out(out)
     lm = _load(model, device)
-    points = HookManager(lm).resolve(f"resid_post:{layer}" if layer is not None else hook)
-    vec = grains_vector(lm, pos, neg, points, top_k=top_k, steps=steps, frame=frame, targets=tuple(pair), how=aggregate)
+    points = HookManager(lm).resolve(f"resid_post:{layer}" if layer is not None else hooks)
+    vec = grains_vector(lm, pos, neg, points, top_k=n_tokens, steps=steps, frame=frame, targets=tuple(pair), how=aggregate)
     vec.params.update({"positive": positive, "negative": negative, "model_spec": model})
     reference = mean_diff(lm, pos, neg, points, pool="mean", progress=False)
     cosines = {p: float(vec.directions[p] @ reference.directions[p] / (vec.directions[p].norm() * reference.directions[p].norm()))

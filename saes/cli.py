@@ -132,7 +132,7 @@ def train(
     shard_latents: int = typer.Option(1, "--shard-latents", help="under torchrun: split a topk SAE's latents over this many "
                                       "ranks (it must divide the number of ranks and the width; the rest is data parallel)"),
     distribute_points: bool = typer.Option(False, "--distribute-points", help="under torchrun: give each rank its own share "
-                                           "of the --hook points; it harvests and trains only those SAEs, with no gradient "
+                                           "of the --hooks points; it harvests and trains only those SAEs, with no gradient "
                                            "communication (at least as many points as ranks)"),
     autocast: Optional[str] = typer.Option(None, "--autocast", help="run the SAE's forward and loss under torch.autocast in "
                                            "bfloat16 or float16, with float32 master weights (GPUs with bf16 tensor cores; "
@@ -143,7 +143,7 @@ def train(
     Under `torchrun --nproc-per-node N -m interp sae train ...` the N ranks train one SAE data-parallel
     (docs/scaling.md): the same SAE as one process, only rank 0 writes. With `--shard-latents S` each
     group of S ranks holds one SAE split over its latents (an SAE wider than one device). With several
-    --hook points and `--distribute-points` each rank trains the SAEs of its own points.
+    --hooks points and `--distribute-points` each rank trains the SAEs of its own points.
     """
     from saes.plan import Layout, TrainPlan
 

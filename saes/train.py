@@ -89,7 +89,7 @@ def split_points(points: list[str], w: distributed.World) -> list[str]:
     n = len(points)
     if n < w.size:
         raise InterpError(f"--distribute-points gives every rank its own hook points, but {n} point{'s' if n != 1 else ''} "
-                          f"cannot go to {w.size} ranks: name at least {w.size} points in --hook, or start fewer ranks")
+                          f"cannot go to {w.size} ranks: name at least {w.size} points in --hooks, or start fewer ranks")
     return points[w.rank * n // w.size : (w.rank + 1) * n // w.size]
 
 

@@ -7,7 +7,7 @@ registers that function here from a `register()` it names in the `interp.steerin
 
 - `register_method(name, check, build)`: `interp steer build --method NAME`. `check(**options)` refuses
   bad options before the model loads; `build(model, positive, negative, points, **options)` returns
-  `(SteeringVector, one-line summary)`. `points` are the hook points of `--layer`/`--hook` (None when
+  `(SteeringVector, one-line summary)`. `points` are the hook points of `--layer`/`--hooks` (None when
   neither is given); `options` are the build command's artifact and method options.
 - `register_source(name, load)`: `interp steer generate --NAME DIR`: `load(model, folder, selector)`
   returns the `SteeringVector` along the artifact's direction that `selector` picks (an SAE latent, a

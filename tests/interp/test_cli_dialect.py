@@ -17,6 +17,7 @@ MEANING = {
     "--batch-contexts": "contexts", "--top-n": "top", "--hook": "hook point", "--hooks": "hook point",
     "--model": "model", "--device": "cuda", "--seed": "seed", "--resume": "continue",
     "--overwrite": "replace", "--significance": "significance", "--n-concepts": "concepts", "--max-texts": "first",
+    "--top-k": "sample",
 }
 # One thing, one name: help texts that say these words belong to the named options only.
 OWNER = {"significance level": {"--significance"}, "number of concepts": {"--n-concepts"}, "random seed": {"--seed"}}
