@@ -41,9 +41,12 @@ demo: setup
 
 # The SAELens venv lets the file-format interop tests run (they skip without it). Then the fast
 # unit tests again under other CPUs' kernels (test-kernels), so a test that holds only on this CPU fails here.
+# pytest-xdist runs the tests on TEST_WORKERS processes (auto: one per core), each with its share of
+# the cores (tests/conftest.py), so the runs that wait on a process start or an import overlap.
+TEST_WORKERS ?= auto
 test: setup
 	SAELENS_LOCK=$(SAELENS_LOCK) bash benchmarks/saelens_env.sh
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 	$(MAKE) --no-print-directory test-kernels
 
 # ATEN_CPU_CAPABILITY makes PyTorch run the kernels another CPU would (avx2: a CPU without AVX-512;
@@ -58,7 +61,7 @@ test-kernels: setup
 	for cap in $(KERNELS); do \
 		if [ "$$cap" = "$$native" ]; then echo "ATEN_CPU_CAPABILITY=$$cap is this CPU's own: covered by the run above"; continue; fi; \
 		echo "fast unit tests with ATEN_CPU_CAPABILITY=$$cap (this CPU: $$native)"; \
-		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -m "$(KERNEL_TESTS)" tests || exit 1; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "$(KERNEL_TESTS)" tests || exit 1; \
 	done
 
 # The same suite on the newest versions the project's ranges allow (not CI: it is not

@@ -125,15 +125,21 @@ def model_dir(entry: EmbeddedModel) -> Path:
     target = cache_dir() / "models" / entry.name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    from filelock import FileLock
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=target.parent))
-    try:
-        model_out = tmp / "model"
-        (tmp / "gguf").mkdir()
-        _dequantize(entry, _write_gguf(entry, tmp / "gguf"), model_out)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(model_out, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One process converts; others (test workers, torchrun ranks, two commands) wait for it and reuse its folder.
+    with FileLock(str(target.parent / f".{entry.name}.lock")):
+        if (target / "config.json").exists() and (target / "model.safetensors").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=target.parent))
+        try:
+            model_out = tmp / "model"
+            (tmp / "gguf").mkdir()
+            _dequantize(entry, _write_gguf(entry, tmp / "gguf"), model_out)
+            if target.exists():  # a folder left half-made by a process that was killed
+                shutil.rmtree(target)
+            os.replace(model_out, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

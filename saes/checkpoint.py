@@ -131,6 +131,10 @@ def load_checkpoint(trainer: "Trainer", folder: Path) -> None:
             f"checkpoint {path} was trained on batches of {batch} tokens (over all ranks) but this run uses "
             f"{trainer.tcfg.batch_size}: resume with --batch-tokens {batch} (on any number of ranks that divides it)"
         )
+    shuffle = meta.get("train_cfg", {}).get("shuffle_tokens")
+    if shuffle is not None and trainer.tcfg.shuffle_tokens is not None and shuffle != trainer.tcfg.shuffle_tokens:
+        raise InterpError(f"checkpoint {path} streamed its rows shuffled in blocks of {shuffle} tokens but this run uses "
+                          f"{trainer.tcfg.shuffle_tokens}: resume with --shuffle-tokens {shuffle}")
     if cfg.get("manifest") and trainer.cfg.manifest:
         check_manifest(cfg["manifest"], trainer.cfg.manifest, f"the checkpoint in {folder}",
                        "resume with the same model, hook point, data and context length, or start over with --overwrite")

@@ -94,7 +94,7 @@ def train(
     hooks: Optional[str] = typer.Option(None, "--hooks", help="hook point name, e.g. blocks.15.hook_resid_post (overrides "
                                         "--layer/--site); several points (resid_post:4-7, or names joined by ';') train one "
                                         "SAE each from one harvest, in --out/<point>"),
-    layer: Optional[str] = typer.Option(None, "--layer", help="block index (default: the middle layer, 15 on SmolLM2); "
+    layer: Optional[str] = typer.Option(None, "--layer", help="block index (default: the points an existing --store holds, else the middle layer, 15 on SmolLM2); "
                                         "several (A-B or A,B) train one SAE each"),
     site: str = typer.Option("resid_post", "--site", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out"),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk, jumprelu or topafa"),
@@ -112,6 +112,8 @@ def train(
                                        "made from; else builtin)"),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="text column of a table file (default: the store's, else text)"),
     ctx_len: int = typer.Option(128, "--ctx-len", help="context length in tokens, BOS included"),
+    shuffle_tokens: int = typer.Option(2**17, "--shuffle-tokens", help="streaming (no --store): rows are shuffled within "
+                                       "blocks of this many tokens, held in memory (tokens x d_in floats)"),
     store: Optional[Path] = typer.Option(None, "--store", help="activation store to train from (harvested there first if missing); default: stream"),
     resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in --out"),
@@ -149,7 +151,7 @@ def train(
 
     plan = TrainPlan(out=out, model=model, hooks=hooks, layer=layer, site=site, arch=arch, k=k, l1=l1, l0=l0, width=width,
                      expansion=expansion, tokens=tokens, batch_tokens=batch_tokens, lr=lr, data=data, text_field=text_field,
-                     ctx_len=ctx_len, store=store, store_dtype=store_dtype, extend=extend, resume=resume, overwrite=overwrite,
+                     ctx_len=ctx_len, shuffle_tokens=shuffle_tokens, store=store, store_dtype=store_dtype, extend=extend, resume=resume, overwrite=overwrite,
                      checkpoint_minutes=checkpoint_minutes, checkpoint_steps=checkpoint_steps, eval_tokens=eval_tokens, seed=seed,
                      device=device, dist_timeout=dist_timeout, dtype=dtype, device_map=device_map, autocast=autocast,
                      layout=Layout(shard_latents, distribute_points))

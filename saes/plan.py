@@ -94,6 +94,7 @@ class TrainPlan:
     data: str | None = None
     text_field: str | None = None
     ctx_len: int = 128
+    shuffle_tokens: int = 2**17  # streaming: rows are shuffled within blocks of this many tokens
     store: Path | None = None
     store_dtype: str = "float32"
     extend: bool = False
@@ -132,7 +133,8 @@ class TrainPlan:
         from saes.sources import check_store_folder
         from saes.trainer import autocast_dtype
 
-        for value, flag in ((self.tokens, "--tokens"), (self.batch_tokens, "--batch-tokens"), (self.expansion, "--expansion")):
+        for value, flag in ((self.tokens, "--tokens"), (self.batch_tokens, "--batch-tokens"), (self.expansion, "--expansion"),
+                            (self.shuffle_tokens, "--shuffle-tokens")):
             if value is not None and value <= 0:
                 raise InterpError(f"{flag} must be positive, got {value}")
         if self.eval_tokens < 0:

@@ -50,7 +50,10 @@ def run_plan(plan: TrainPlan, world, device: str | None, console: Console) -> Tr
     text = store_text(have, plan.data, plan.text_field) if have is not None else read_text_source(plan.data or "builtin", plan.text_field or "text")
     bridge = load_model(plan.model, device=None if plan.device_map else device, dtype=plan.dtype, device_map=plan.device_map)
     hm = HookManager(bridge)
-    names = hm.resolve(plan.hooks or f"{plan.site}:{hm.n_layers // 2 if plan.layer is None else plan.layer}")
+    if have is not None and plan.hooks is None and plan.layer is None:
+        names = list(have.points)  # a store says what it holds: with no --hooks/--layer, train on its points
+    else:
+        names = hm.resolve(plan.hooks or f"{plan.site}:{hm.n_layers // 2 if plan.layer is None else plan.layer}")
     layout = plan.layout
     multi = len(names) > 1 or layout.distribute_points  # one SAE per point, each in out/<point>
     mine = split_points(names, world) if layout.distribute_points else names  # the points this rank trains
@@ -74,7 +77,7 @@ def run_plan(plan: TrainPlan, world, device: str | None, console: Console) -> Tr
         layout.check(world.size, plan.batch_tokens, c.arch, c.d_sae, plan.autocast)  # the width is known now
     tcfg = TrainConfig(n_tokens=tokens, batch_size=plan.batch_tokens, lr=plan.lr, seed=plan.seed, device=device,
                        checkpoint_every=plan.checkpoint_steps, checkpoint_minutes=plan.checkpoint_minutes or None,
-                       autocast=plan.autocast)
+                       autocast=plan.autocast, shuffle_tokens=None if plan.store is not None else plan.shuffle_tokens)
     points = mine if multi else names[:1]
     if plan.store is not None:
         if have is not None and plan.tokens is None:
@@ -94,7 +97,7 @@ def run_plan(plan: TrainPlan, world, device: str | None, console: Console) -> Tr
         # With --distribute-points every rank harvests its own points: no split of the forwards.
         source = stream_source(bridge, points, text.source, tokens, plan.ctx_len, plan.batch_tokens, plan.seed,
                                tcfg.resolved_device(), text.text_field, progress=world.is_main,
-                               split=not layout.distribute_points, dicts=multi)
+                               split=not layout.distribute_points, dicts=multi, shuffle_tokens=plan.shuffle_tokens)
 
     for p, c in cfgs.items():
         console.print(f"training a {c.arch} SAE with {c.d_sae} latents on {p} (d_in {c.d_in}) for {tokens:,} tokens")

@@ -95,7 +95,8 @@ def training_span(cfg) -> int | None:
 
 
 def stream_source(bridge, points: list[str], data: str, tokens: int, ctx_len: int, batch_size: int, seed: int, device,
-                   text_field: str, progress: bool = True, split: bool = True, dicts: bool = False):
+                   text_field: str, progress: bool = True, split: bool = True, dicts: bool = False,
+                   shuffle_tokens: int = SHUFFLE_TOKENS):
     """A callable source for `train_sae(s)`: `source(start)` streams activations from token `start` on,
     without running the model over the text before the shuffle block holding it: rows of one point,
     or with `dicts` `{point: rows}` of each (one harvest: one forward per batch feeds every point).
@@ -112,7 +113,7 @@ def stream_source(bridge, points: list[str], data: str, tokens: int, ctx_len: in
 
     def source(start: int):
         stream = harvest(bridge, points, data, tokens, ctx_len=ctx_len, out_batch_size=batch_size, seed=seed, device=device,
-                         text_field=text_field, progress=progress, shuffle_buffer_tokens=SHUFFLE_TOKENS, skip_tokens=start,
+                         text_field=text_field, progress=progress, shuffle_buffer_tokens=shuffle_tokens, skip_tokens=start,
                          split_over=group)
         batches = prefetch(stream, depth=2)
         return batches if dicts else (batch[points[0]] for batch in batches)

@@ -59,6 +59,7 @@ class TrainConfig:
     active_subspace_variance: float = 0.9
     normalize: bool = True
     init_tokens: int = 2**15
+    shuffle_tokens: int | None = None  # a streamed source's shuffle block (a resumed stream must use the same)
     checkpoint_every: int = 0  # steps between checkpoints (0: by time only)
     checkpoint_minutes: float | None = 10.0  # wall-clock minutes between checkpoints (None: by steps only)
     seed: int = 0

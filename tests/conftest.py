@@ -9,10 +9,27 @@ device, on the GPU (what `benchmarks/gpu_check.sh` does).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from interp import load_model, make_tiny_model
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (`-n N`), give each worker and the processes it starts (CLI runs, torchrun
+    ranks) its share of the cores, so N workers do not oversubscribe the machine. Tests compare
+    numbers within one process (or against processes started with the same share), so the thread
+    count is the same on both sides of every comparison."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
+
+
+_share_the_cores()
 
 
 def pytest_addoption(parser):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.doc_checks import CHECKS
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +185,6 @@ def test_a_page_runs_in_order_in_one_folder_and_one_session(tmp_path):
 def test_every_block_of_the_page_runs_as_written(page, tmp_path):
     ran = run_page(page, tmp_path)
     print(f"{page.name}: {len(ran)} blocks: {', '.join(ran)}")
+    check = CHECKS.get(page.name)
+    if check is not None:  # what the page's commands wrote, checked as an end-to-end test would
+        check(tmp_path)

@@ -1,9 +1,9 @@
-"""`interp steer generate|build|eval` end to end on SmolLM2."""
+"""`interp steer build|eval` end to end on SmolLM2. (Greedy `steer generate` with and without the KV cache is
+checked token for token against plain transformers in `test_gemma_cli.py`, on both embedded models.)"""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -12,22 +12,11 @@ from tests.e2e.cli import interp
 
 pytestmark = pytest.mark.slow
 
-PUNCTUATION_RUN = re.compile(r"([^\w\s])\1{3,}")  # e.g. "-------", the symptom of a never-filled KV cache
 ALPHA = 0.5  # in units of the mean residual norm at the point
 # Per seed, mean probe P(positive) at +ALPHA minus at -ALPHA over the prompts. Measured (layer 9, 4 prompts,
 # 16 tokens): 0.82, 0.67, 0.42 for seeds 0-2; means 0.25 / 0.78 / 0.89 at -0.5 / 0 / +0.5.
 # A vector that does nothing gives ~0; one with its sign flipped gives a negative margin.
 MIN_MARGIN = 0.25
-
-
-def test_greedy_generation_is_coherent_with_and_without_the_kv_cache():
-    args = ("steer", "generate", "--prompt", "The capital of France is", "--max-new-tokens", "12", "--temperature", "0")
-    cached = interp(*args).stdout
-    uncached = interp(*args, "--no-kv-cache").stdout
-    print(repr(cached))
-    assert "Paris" in cached
-    assert not PUNCTUATION_RUN.search(cached)
-    assert cached == uncached
 
 
 def test_steer_build_then_eval_moves_a_heldout_probe_across_seeds(tmp_path):

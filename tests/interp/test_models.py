@@ -49,3 +49,39 @@ def test_dtype_and_device_map_load_the_same_model(tiny_llama_dir, tiny_model):
     assert 0 < diff < 0.05 * reference.abs().max().item()
     with pytest.raises(InterpError, match="device map"):
         load_model(str(tiny_llama_dir), device="cpu", device_map="auto")
+
+
+def test_two_processes_asking_for_an_embedded_model_convert_it_once(tmp_path, monkeypatch):
+    """Test workers, torchrun ranks or two commands may load an embedded model at the same time on a
+    fresh machine: one converts, the other waits and reuses the folder; a half-made folder is redone."""
+    import threading
+    import time
+
+    from interp import gguf_models
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    entry = gguf_models.EMBEDDED[0]
+    calls = []
+
+    def fake_write(entry, folder):
+        return folder / "x.gguf"
+
+    def fake_dequantize(entry, gguf_path, out):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # both threads are inside model_dir by now
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_text("")
+
+    monkeypatch.setattr(gguf_models, "_write_gguf", fake_write)
+    monkeypatch.setattr(gguf_models, "_dequantize", fake_dequantize)
+    (tmp_path / "models" / entry.name).mkdir(parents=True)  # left half-made by a killed process
+    (tmp_path / "models" / entry.name / "config.json").write_text("{}")
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(gguf_models.model_dir(entry))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and found == [tmp_path / "models" / entry.name] * 2
+    assert (found[0] / "model.safetensors").exists()

@@ -201,6 +201,14 @@ def test_a_store_of_your_own_text_trains_with_no_data_option(tiny_llama_dir, cor
     assert results["eval_contexts"][0] >= math.ceil(1200 / 31)
     manifest = json.loads((store / "manifest.json").read_text())
     assert sae.cfg.manifest["data_fingerprint"] == manifest["data_fingerprint"]
+    # with no --hooks/--layer the store says what to train on: its point (layer 2 here; the middle layer is 1)
+    store_l2 = tmp_path / "store_l2"
+    assert main(["cache", "--model", str(tiny_llama_dir), "--hooks", "blocks.2.hook_resid_post", "--data", corpus,
+                 "--tokens", "600", "--ctx-len", "32", "--out", str(store_l2)]) == 0
+    bare = [a for a in train if a not in ("--hooks", "blocks.1.hook_resid_post", "--tokens", "1200")]
+    bare[bare.index("--store") + 1] = str(store_l2)
+    assert main([*bare, "--out", str(tmp_path / "sae_bare"), "--eval-tokens", "0"]) == 0
+    assert load_sae(tmp_path / "sae_bare").cfg.hook_name == "blocks.2.hook_resid_post"
     # the same text at another path is the same text
     copy = tmp_path / "copy.txt"
     copy.write_text(TEXT)
@@ -295,14 +303,13 @@ def test_evaluation_text_is_disjoint_from_training_text(tiny_llama_dir, corpus, 
 
 def test_resumed_streamed_run_seeks_instead_of_rerunning_the_model(tiny_llama_dir, corpus, tmp_path, monkeypatch):
     import interp.activations
-    import saes.sources
     from saes.trainer import Trainer
 
-    monkeypatch.setattr(saes.sources, "SHUFFLE_TOKENS", 8 * 31)  # shuffle blocks of 8 contexts
     contexts = []
     real = interp.activations.token_activations
     monkeypatch.setattr(interp.activations, "token_activations", lambda hm, tokens, *a, **k: (contexts.append(tokens.shape[0]), real(hm, tokens, *a, **k))[1])
-    args = lambda out: _train_args(tiny_llama_dir, corpus, out, "--tokens", "2400", "--eval-tokens", "0")
+    # shuffle blocks of 8 contexts of 31 tokens
+    args = lambda out: _train_args(tiny_llama_dir, corpus, out, "--tokens", "2400", "--eval-tokens", "0", "--shuffle-tokens", str(8 * 31))
     assert main(args(tmp_path / "full")) == 0
     full_contexts, contexts[:] = sum(contexts), []
 
@@ -317,6 +324,9 @@ def test_resumed_streamed_run_seeks_instead_of_rerunning_the_model(tiny_llama_di
     assert main(args(tmp_path / "cut")) == 130
     first_part, contexts[:] = sum(contexts), []
     monkeypatch.setattr(Trainer, "train_step", real_step)
+    # The stream of another shuffle block would not be the stream the checkpoint saw: refused, one line.
+    other = [a if a != str(8 * 31) else str(16 * 31) for a in args(tmp_path / "cut")] + ["--resume"]
+    assert main(other) == 1 and contexts == []
     assert main(args(tmp_path / "cut") + ["--resume"]) == 0
     resumed = sum(contexts)
     # 5 steps of 256 = 1,280 tokens = context 41, in the block of contexts 40-47: the model runs on
