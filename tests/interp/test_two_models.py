@@ -62,11 +62,13 @@ def test_a_point_the_architecture_lacks_names_the_points_it_has(smol, gemma):
 
 
 def test_which_capture_path_runs_on_each_model(smol, gemma, monkeypatch):
-    """Llama bridges take the plain-HF fast path; Gemma 3 is not proven there and takes the bridge."""
+    """Llama bridges take the plain-HF fast path; Gemma 3 is not proven there and takes the bridge.
+
+    `HookManager.collect` is the one entry; it routes to `fastpath.collect` or to its own hooks."""
     runs = []
-    fast, bridge = fastpath.collect, HookManager.collect
+    fast, bridge = fastpath.collect, HookManager._collect_hooked
     monkeypatch.setattr(fastpath, "collect", lambda *a, **k: runs.append("fast") or fast(*a, **k))
-    monkeypatch.setattr(HookManager, "collect", lambda self, *a, **k: runs.append("bridge") or bridge(self, *a, **k))
+    monkeypatch.setattr(HookManager, "_collect_hooked", lambda self, *a, **k: runs.append("bridge") or bridge(self, *a, **k))
     for lm, path in ((smol, "fast"), (gemma, "bridge")):
         runs.clear()
         names = [f"blocks.{i}.hook_resid_post" for i in (1, 4)]
