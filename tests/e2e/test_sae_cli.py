@@ -25,10 +25,11 @@ pytestmark = pytest.mark.slow
 POINT = "blocks.3.hook_resid_post"
 SHUFFLE_BUFFER = 2**14  # rows per shuffle block (--shuffle-tokens; the default is 2**17)
 STREAM_TOKENS = 48_000  # the stream refills its shuffle buffer twice, and passes the trainer's 32,768-token init sample
-# Held-out FVE floors. Measured (k=16, 1,152 latents at layer 3): streamed 160k tokens 0.857 (FVU
-# logged 0.861 at the first step, 0.120 at the last), stored 60k tokens 0.813. (Now 48k streamed, 40k stored.)
+# Held-out FVE floors. Measured on 2 CPU cores (k=16, 1,152 latents at layer 3): streamed 48k tokens
+# 0.809 (FVU logged 0.861 at the first step, 0.130 at the last), stored 40k tokens 0.779, the same
+# store on 2 ranks 0.779. Kernel rounding moves these by about 0.01; the floors leave 0.08-0.11.
 FVE_FLOOR_STREAM = 0.70
-FVE_FLOOR_STORE = 0.60
+FVE_FLOOR_STORE = 0.70
 
 
 def heldout_fve(sae_dir: Path, model, text: str, n_contexts: int = 24, ctx_len: int = 128) -> float:
