@@ -5,16 +5,44 @@ The functions named like their module (`gcav`, `nmf_concepts`, `semantic_entropy
 re-exported here, so `probes.gcav` etc. stay the modules: `from probes.gcav import gcav`.
 """
 
-from probes.cav import CAV, directional_derivatives, target_gradients, train_cav
-from probes.control import control_labels, lexical_types, shuffled_labels, type_split
-from probes.gcav import GlobalCAV, gcav_figure, write_gcav
-from probes.linear import LinearProbe, pool_activations
-from probes.nmf_concepts import NMFConcepts, fve_by_k, write_nmf_concepts
-from probes.regularization import choose_strength
-from probes.results import SweepResult, load_directions, probe_direction
-from probes.semantic_entropy import cluster_answers, load_questions, probe_entropy, semantic_entropy_probe, write_semantic_entropy
-from probes.sweep import probe_activations, probe_layers
-from probes.tcav import TCAVResult, tcav
+import importlib
+import sys
+import types
+
+# Each name and the module it comes from: imported on first use (PEP 562), so that `interp`'s
+# command line, which imports `probes.cli`, does not pay for scikit-learn and scipy until a
+# command needs them.
+_EXPORTS = {
+    "CAV": "probes.cav",
+    "GlobalCAV": "probes.gcav",
+    "LinearProbe": "probes.linear",
+    "NMFConcepts": "probes.nmf_concepts",
+    "SweepResult": "probes.results",
+    "TCAVResult": "probes.tcav",
+    "choose_strength": "probes.regularization",
+    "cluster_answers": "probes.semantic_entropy",
+    "control_labels": "probes.control",
+    "directional_derivatives": "probes.cav",
+    "fve_by_k": "probes.nmf_concepts",
+    "gcav_figure": "probes.gcav",
+    "lexical_types": "probes.control",
+    "load_directions": "probes.results",
+    "load_questions": "probes.semantic_entropy",
+    "pool_activations": "probes.linear",
+    "probe_activations": "probes.sweep",
+    "probe_direction": "probes.results",
+    "probe_entropy": "probes.semantic_entropy",
+    "probe_layers": "probes.sweep",
+    "semantic_entropy_probe": "probes.semantic_entropy",
+    "shuffled_labels": "probes.control",
+    "target_gradients": "probes.cav",
+    "tcav": "probes.tcav",
+    "train_cav": "probes.cav",
+    "type_split": "probes.control",
+    "write_gcav": "probes.gcav",
+    "write_nmf_concepts": "probes.nmf_concepts",
+    "write_semantic_entropy": "probes.semantic_entropy",
+}
 
 __all__ = [
     "CAV",
@@ -47,3 +75,29 @@ __all__ = [
     "write_nmf_concepts",
     "write_semantic_entropy",
 ]
+
+
+class _Package(types.ModuleType):
+    """`probes.tcav` names the function, as `from probes import tcav` promises, also after the
+    submodule `probes.tcav` is imported (the import system then sets the attribute to the module)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "tcav" and isinstance(value, types.ModuleType):
+            value = value.tcav
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

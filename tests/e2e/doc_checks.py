@@ -91,7 +91,7 @@ def function_vectors(folder: Path) -> None:
     assert grains["mean_objective_positive"] > grains["mean_objective_negative"] + 1.0
     assert any(" wonderful" in e["plus"] for e in grains["examples"])
     curve = {row["alpha"]: row for row in _json(folder / "eval" / "grains16" / "results.json")["curve"]}
-    # Measured: fluency loss 1.89 unsteered -> 3.76 at half a residual norm.
+    # Measured (4 prompts x 1 seed): fluency loss 1.83 unsteered -> 4.07 at half a residual norm (1.89 -> 3.76 with 2 seeds).
     assert curve[0.5]["fluency_loss"] > curve[0.0]["fluency_loss"] + 0.8
 
 
@@ -104,7 +104,8 @@ def models(folder: Path) -> None:
     result = _json(folder / "vectors" / "smol_l9_on_gemma" / "results.json")
     table = {(r["vector"], r["alpha"]): r for r in result["table"]}
     moved = {name: table[(name, 0.5)]["probe_p_positive"] - table[(name, -0.5)]["probe_p_positive"] for name in ("transferred", "native")}
-    # Measured: cosine to the native vector 0.61; probe P(positive) at +0.5 minus at -0.5: 0.63 transferred, 0.66 native.
+    # Measured (6 prompts x 1 seed): cosine to the native vector 0.61; probe P(positive) at +0.5 minus at -0.5:
+    # 0.42 transferred, 0.38 native (0.63 / 0.66 with the 12 built-in prompts x 2 seeds).
     assert result["cosine_to_native"] > 0.2 and moved["transferred"] > 0.15 and moved["native"] > 0.15
     assert (folder / "vectors" / "smol_l9_on_gemma" / "vector.safetensors").exists()
     assert "plotly" in (folder / "vectors" / "smol_l9_on_gemma" / "report.html").read_text()

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.doc_checks import CHECKS
+from tests.e2e.warm import warm_env
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +73,12 @@ def blocks(page: Path) -> list[Block]:
 
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
-            "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
+           "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    warm = warm_env()  # `interp` in a bash block: the warm one, ahead of the venv's console script
+    if warm:
+        env.update(warm, PATH=f"{Path(warm['INTERP_WARM_SHIM']).parent}{os.pathsep}{env['PATH']}")
+    return env
 
 
 # A python session for a page: runs the blocks it is sent in one namespace and ends each with a marker line.
