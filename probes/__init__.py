@@ -44,46 +44,17 @@ _EXPORTS = {
     "write_semantic_entropy": "probes.semantic_entropy",
 }
 
-__all__ = [
-    "CAV",
-    "GlobalCAV",
-    "LinearProbe",
-    "NMFConcepts",
-    "SweepResult",
-    "TCAVResult",
-    "choose_strength",
-    "cluster_answers",
-    "control_labels",
-    "directional_derivatives",
-    "fve_by_k",
-    "gcav_figure",
-    "lexical_types",
-    "load_directions",
-    "load_questions",
-    "pool_activations",
-    "probe_activations",
-    "probe_direction",
-    "probe_entropy",
-    "probe_layers",
-    "semantic_entropy_probe",
-    "shuffled_labels",
-    "target_gradients",
-    "tcav",
-    "train_cav",
-    "type_split",
-    "write_gcav",
-    "write_nmf_concepts",
-    "write_semantic_entropy",
-]
+__all__ = sorted(_EXPORTS)
 
 
 class _Package(types.ModuleType):
-    """`probes.tcav` names the function, as `from probes import tcav` promises, also after the
-    submodule `probes.tcav` is imported (the import system then sets the attribute to the module)."""
+    """A name exported from a submodule of the same name (`tcav` from `probes.tcav`) stays the
+    exported object, as `from probes import tcav` promises, also after that submodule is imported
+    (the import system then sets the package attribute to the module)."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name == "tcav" and isinstance(value, types.ModuleType):
-            value = value.tcav
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
         super().__setattr__(name, value)
 
 

@@ -4,9 +4,10 @@ on every command.
 A CLI run spends about 7 s of a 2-core machine importing torch, transformers, TransformerLens,
 scikit-learn and the project before it reads its first option; the docs pages and the end-to-end
 tests run some 180 commands. So each test worker starts one server (`python -m tests.e2e.warm`)
-that imports all of that once and waits on a Unix socket. `warm_env()` puts a small `interp`
-(`warm_client.py`, standard library only) first on PATH; it sends its command line, folder,
-environment and its stdin/stdout/stderr file descriptors to the server, which forks, and the
+that imports all of that once and waits on a Unix socket. The `interp` the tests start (by path, or
+first on PATH in the docs' shells) is a small client (`warm_client.py`, standard library only); it
+sends its command line, folder, environment and its stdin/stdout/stderr file descriptors to the
+server, which forks, and the
 child runs `interp.cli.run()` exactly as the console script does: same argv, same folder, same
 environment, writing to the caller's own streams. The exit status (or the signal the command died
 of) comes back to the caller; signals sent to the caller are passed on.
@@ -39,8 +40,9 @@ _started: dict[str, str] | None = None
 
 
 def warm_env() -> dict[str, str]:
-    """Environment entries that make `interp` the warm one (PATH first, the server's socket), starting
-    this process's server on first use; empty when `INTERP_TEST_COLD` is set."""
+    """Environment entries for the warm `interp`: the server's socket (`INTERP_WARM_SOCKET`) and the
+    client to run (`INTERP_WARM_SHIM`; its folder goes first on PATH where a shell looks `interp` up),
+    starting this process's server on first use; empty when `INTERP_TEST_COLD` is set."""
     global _started
     if os.environ.get("INTERP_TEST_COLD"):
         return {}
@@ -61,8 +63,7 @@ def warm_env() -> dict[str, str]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the warm interp server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
-        _started = {"PATH": f"{shim.parent}{os.pathsep}{os.environ.get('PATH', '')}", "INTERP_WARM_SOCKET": str(sock),
-                    "INTERP_WARM_SHIM": str(shim)}
+        _started = {"INTERP_WARM_SOCKET": str(sock), "INTERP_WARM_SHIM": str(shim)}
     return dict(_started)
 
 
