@@ -43,7 +43,8 @@ demo: setup
 # while the main venv installs (two pip runs side by side: about 2 minutes saved on a fresh machine).
 # Then the fast unit tests again under other CPUs' kernels (test-kernels), so a test that holds
 # only on this CPU fails here. pytest-xdist runs the tests on TEST_WORKERS processes (auto: one per
-# core), each with its share of the cores (tests/conftest.py).
+# core), each with its share of the cores, handing out one module (or one docs page) at a time, longest
+# first (tests/conftest.py), so no worker is left alone with a long test at the end.
 TEST_WORKERS ?= auto
 SAELENS_LOG := .venv-saelens.log
 test:
@@ -51,7 +52,7 @@ test:
 	$(MAKE) --no-print-directory setup; status=$$?; \
 	if ! wait $$saelens; then cat $(SAELENS_LOG); echo "the SAELens venv failed to build (log above)"; exit 1; fi; \
 	tail -n 1 $(SAELENS_LOG); exit $$status
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 	$(MAKE) --no-print-directory test-kernels
 
 # ATEN_CPU_CAPABILITY makes PyTorch run the kernels another CPU would (avx2: a CPU without AVX-512;

@@ -10,6 +10,7 @@ device, on the GPU (what `benchmarks/gpu_check.sh` does).
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 import pytest
 import torch
@@ -89,3 +90,55 @@ def gemma():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Seconds each long test took on 2 cores (one pytest-xdist worker per core), used only to start the
+# longest work first: `make test` hands the work out unit by unit (`--dist loadgroup`), so the run ends
+# on short tests instead of one worker finishing a 4-minute page while the other idles.
+# Nothing asserts on these numbers; a test missing here counts as short.
+EXPECTED_SECONDS = {
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[README.md]": 225,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[function_vectors.md]": 225,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[scaling.md]": 210,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[saes.md]": 205,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[steering.md]": 200,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[models.md]": 135,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[concepts.md]": 115,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[probes.md]": 100,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[steering_methods.md]": 95,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[activations.md]": 50,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[quickstart.md]": 45,
+    "tests/e2e/test_docs.py::test_every_block_of_the_page_runs_as_written[patching.md]": 25,
+    "tests/e2e/test_gemma_cli.py": 250,
+    "tests/e2e/test_sae_cli.py": 160,
+    "tests/e2e/test_literature_cli.py": 95,
+    "tests/e2e/test_steer_cli.py": 80,
+    "tests/e2e/test_fv_cli.py": 75,
+    "tests/e2e/test_scale_cli.py": 40,
+    "tests/test_gpu_check.py": 40,
+    "tests/e2e/test_patch_cli.py": 30,
+    "tests/e2e/test_warm.py": 30,
+    "tests/saes/test_distributed.py": 60,
+    "tests/saes/test_distribute_points.py": 35,
+    "tests/saes/test_shard_latents_cli.py": 35,
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Longest first. A module's tests form one unit of work for `--dist loadgroup`, in their order (its
+    module-scoped fixtures are set up once, on one worker), except the docs pages, which share nothing
+    and go out one by one."""
+    groups: dict[str, list] = defaultdict(list)
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if module.endswith("test_docs.py"):
+            groups[item.nodeid].append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group(module))
+            groups[module].append(item)
+
+    def weight(key: str) -> float:
+        return EXPECTED_SECONDS.get(key, 0.0)
+
+    items[:] = [item for key in sorted(groups, key=weight, reverse=True) for item in groups[key]]

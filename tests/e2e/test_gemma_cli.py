@@ -1,11 +1,10 @@
 """Every main path end to end through the CLI on the second embedded model, Gemma 3 270M, and the
-paths new to both models (capture and greedy generation against plain transformers). A steering vector
-carried from SmolLM2 to Gemma through a map between their residual streams runs as docs/models.md
-writes it, checked by `doc_checks.py`.
+paths new to both models (capture and greedy generation against plain transformers). Steering on Gemma
+runs as docs/models.md writes it: a vector built on Gemma itself and one carried from SmolLM2 through a
+map between their residual streams, both evaluated by Gemma's held-out probe (checked by `doc_checks.py`).
 
 Gemma's quality floors sit below the values measured on 2 CPU cores (printed by each test), with
-margin: streamed SAE held-out FVE 0.972 at resid_post 0 (floor 0.90); steering margin per seed 0.894
-and 0.460 (floor 0.15; seeds differ this much); probe accuracy 1.00 at layers 6 and 12 (floor 0.85,
+margin: streamed SAE held-out FVE 0.972 at resid_post 0 (floor 0.90); probe accuracy 1.00 at layers 6 and 12 (floor 0.85,
 control task 0.59-0.69); CAV accuracy 1.00 (floor 0.85).
 """
 
@@ -20,16 +19,12 @@ from safetensors.torch import load_file
 
 from interp.data import token_batches
 from interp.models import model_source
-from interp.steering import BUILTIN_PROMPTS
 from interp.store import ActivationStore
 from tests.e2e.cli import interp
 
 pytestmark = pytest.mark.slow
 
 GEMMA = "gemma3-270m"
-STEER_LAYER = 6  # of 18; SmolLM2's tests steer at 9 of 30
-ALPHA = 0.5  # in units of the mean residual norm at the point
-MIN_MARGIN = 0.15  # per seed, probe P(positive) at +ALPHA minus at -ALPHA
 SAE_POINT = "blocks.0.hook_resid_post"
 SHUFFLE_TOKENS = 2**14  # rows per shuffle block (--shuffle-tokens)
 STREAM_TOKENS = 48_000  # the stream refills its shuffle buffer twice
@@ -45,15 +40,6 @@ def hf_models():
     for spec in ("smollm2-135m", GEMMA):
         path = model_source(spec)[0]
         out[spec] = (AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval(), AutoTokenizer.from_pretrained(path))
-    return out
-
-
-@pytest.fixture(scope="module")
-def gemma_vector(tmp_path_factory) -> Path:
-    """A mean-difference sentiment vector built natively on Gemma (layer STEER_LAYER) through the CLI."""
-    out = tmp_path_factory.mktemp("gemma_vec") / "vec"
-    proc = interp("steer", "build", "--model", GEMMA, "--positive", "builtin:sentiment", "--layer", str(STEER_LAYER), "--out", str(out))
-    assert str(out) in proc.stdout and (out / "vector.safetensors").exists()
     return out
 
 
@@ -107,7 +93,7 @@ def test_greedy_generation_equals_transformers_with_and_without_the_kv_cache(spe
 def test_streamed_sae_train_on_gemma(prose, tmp_path):
     out = tmp_path / "sae"
     proc = interp("sae", "train", "--model", GEMMA, "--hook", SAE_POINT, "--arch", "topk", "--k", "16", "--width", "1280",
-                  "--tokens", str(STREAM_TOKENS), "--batch-tokens", "2048", "--shuffle-tokens", str(SHUFFLE_TOKENS), "--data", str(prose["train"]), "--eval-tokens", "2000",
+                  "--tokens", str(STREAM_TOKENS), "--batch-tokens", "2048", "--shuffle-tokens", str(SHUFFLE_TOKENS), "--data", str(prose["train"]), "--eval-tokens", "500",
                   "--out", str(out))
     assert "saved the SAE" in proc.stdout
     training = json.loads((out / "training.json").read_text())
@@ -117,6 +103,10 @@ def test_streamed_sae_train_on_gemma(prose, tmp_path):
     print(f"Gemma streamed SAE at {SAE_POINT}: held-out FVE {fve:.3f}, FVU first/last logged {fvu[0]:.3f}/{fvu[-1]:.3f}")
     assert fvu[-1] < 0.5 * fvu[0]
     assert fve > FVE_FLOOR_STREAM
+
+
+class _Stop(Exception):
+    pass
 
 
 def _heldout_fve(sae_dir: Path, text: str, n_contexts: int = 12, ctx_len: int = 128) -> float:
@@ -132,8 +122,21 @@ def _heldout_fve(sae_dir: Path, text: str, n_contexts: int = 12, ctx_len: int = 
     ids = tok(text, add_special_tokens=False)["input_ids"]
     body = ctx_len - 1
     contexts = torch.tensor([[tok.bos_token_id] + ids[i * body : (i + 1) * body] for i in range(n_contexts)])
-    with torch.no_grad():
-        x = hf(contexts, output_hidden_states=True).hidden_states[1][:, 1:].reshape(-1, 640)  # blocks.0 resid_post
+    captured = []
+
+    def keep_and_stop(_module, _args, out):  # blocks.0 resid_post is decoder layer 0's output; nothing after it is needed
+        captured.append(out[0] if isinstance(out, tuple) else out)
+        raise _Stop
+
+    handle = hf.model.layers[0].register_forward_hook(keep_and_stop)
+    try:
+        with torch.no_grad():
+            hf.model(contexts)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    x = captured[0][:, 1:].reshape(-1, 640)
     centred = x - w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
     pre = torch.relu(centred @ w["W_enc"] + w["b_enc"])
     top = pre.topk(cfg["k"], dim=-1)
@@ -151,19 +154,6 @@ def test_probe_sweep_on_gemma(tmp_path):
     assert acc["blocks.0.hook_resid_post"] < max(acc.values())
     for m in points.values():
         assert m["selectivity"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
-
-
-def test_steering_vector_moves_a_heldout_probe_on_gemma(gemma_vector, tmp_path):
-    out, prompts = tmp_path / "eval", tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(BUILTIN_PROMPTS[:4]) + "\n")
-    interp("steer", "eval", "--model", GEMMA, "--vector", str(gemma_vector), "--out", str(out), "--prompts", str(prompts),
-           "--alphas", f"-{ALPHA},0,{ALPHA}", "--alpha-unit", "norm", "--seeds", "2", "--max-new-tokens", "16")
-    curve = {row["alpha"]: row for row in json.loads((out / "results.json").read_text())["curve"]}
-    by_seed = {a: row["probe_p_positive_by_seed"] for a, row in curve.items()}
-    margins = [by_seed[ALPHA][s] - by_seed[-ALPHA][s] for s in by_seed[ALPHA]]
-    print("Gemma probe P(positive) by alpha:", {a: round(r["probe_p_positive"], 3) for a, r in curve.items()},
-          "margins by seed:", [round(m, 3) for m in margins], "fluency loss:", {a: round(r["fluency_loss"], 2) for a, r in curve.items()})
-    assert min(margins) > MIN_MARGIN
 
 
 def test_tcav_on_gemma(tmp_path):

@@ -22,7 +22,8 @@ from tests.e2e.cli import interp
 
 pytestmark = pytest.mark.slow
 
-POINT = "blocks.3.hook_resid_post"
+LAYER = 3
+POINT = f"blocks.{LAYER}.hook_resid_post"
 SHUFFLE_BUFFER = 2**14  # rows per shuffle block (--shuffle-tokens; the default is 2**17)
 STREAM_TOKENS = 48_000  # the stream refills its shuffle buffer twice, and passes the trainer's 32,768-token init sample
 # Held-out FVE floors. Measured on 2 CPU cores (k=16, 1,152 latents at layer 3): streamed 48k tokens
@@ -44,7 +45,7 @@ def heldout_fve(sae_dir: Path, model, text: str, n_contexts: int = 24, ctx_len: 
         for i in range(n_contexts):
             body = tokens[i * (ctx_len - 1) : (i + 1) * (ctx_len - 1)]
             ctx = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), body]).unsqueeze(0)
-            _, cache = model.run_with_cache(ctx, names_filter=[POINT])
+            _, cache = model.run_with_cache(ctx, names_filter=[POINT], stop_at_layer=LAYER + 1)
             rows.append(cache[POINT][0, 1:])
     x = torch.cat(rows).float()
     centred = x - w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
@@ -64,7 +65,7 @@ def test_streaming_sae_train_from_a_text_file(smol, prose, tmp_path):
     out = tmp_path / "sae"
     proc = interp("sae", "train", "--model", "smollm2-135m", "--hooks", POINT, "--arch", "topk", "--k", "16",
                   "--width", "1152", "--tokens", str(STREAM_TOKENS), "--batch-tokens", "2048", "--shuffle-tokens", str(SHUFFLE_BUFFER),
-                  "--data", str(prose["train"]), "--eval-tokens", "2000", "--out", str(out))
+                  "--data", str(prose["train"]), "--eval-tokens", "0", "--out", str(out))
     assert "saved the SAE" in proc.stdout
     training = json.loads((out / "training.json").read_text())
     assert training["tokens"] == STREAM_TOKENS > SHUFFLE_BUFFER
@@ -83,7 +84,7 @@ def test_sae_train_from_a_store_of_your_own_text(smol, prose, tmp_path):
            "--out", str(store))
     train = ["sae", "train", "--model", "smollm2-135m", "--hooks", POINT, "--arch", "topk", "--k", "16", "--width", "1152",
              "--tokens", "40000", "--batch-tokens", "2048", "--store", str(store)]
-    interp(*train, "--eval-tokens", "2000", "--out", str(out))
+    interp(*train, "--eval-tokens", "1000", "--out", str(out))
     manifest = json.loads((store / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["shards"]) == 40_000
     results = json.loads((out / "results.json").read_text())
