@@ -4,8 +4,8 @@ runs as docs/models.md writes it: a vector built on Gemma itself and one carried
 map between their residual streams, both evaluated by Gemma's held-out probe (checked by `doc_checks.py`).
 
 Gemma's quality floors sit below the values measured on 2 CPU cores (printed by each test), with
-margin: streamed SAE held-out FVE 0.972 at resid_post 0 (floor 0.90); probe accuracy 1.00 at layers 6 and 12 (floor 0.85,
-control task 0.59-0.69); CAV accuracy 1.00 (floor 0.85).
+margin: streamed SAE held-out FVE 0.972 at resid_post 0 (floor 0.90); probe accuracy 1.00 at layers 6
+and 12 (floor 0.85, control task 0.59-0.69); CAV accuracy 1.00 (floor 0.85).
 """
 
 from __future__ import annotations
