@@ -90,7 +90,7 @@ def test_greedy_generation_equals_transformers_with_and_without_the_kv_cache(spe
     assert len(want.split()) >= 2
 
 
-def test_streamed_sae_train_on_gemma(prose, tmp_path):
+def test_streamed_sae_train_on_gemma(prose, hf_models, tmp_path):
     out = tmp_path / "sae"
     proc = interp("sae", "train", "--model", GEMMA, "--hook", SAE_POINT, "--arch", "topk", "--k", "16", "--width", "1280",
                   "--tokens", str(STREAM_TOKENS), "--batch-tokens", "2048", "--shuffle-tokens", str(SHUFFLE_TOKENS), "--data", str(prose["train"]), "--eval-tokens", "500",
@@ -99,7 +99,7 @@ def test_streamed_sae_train_on_gemma(prose, tmp_path):
     training = json.loads((out / "training.json").read_text())
     assert training["tokens"] == STREAM_TOKENS > 2 * SHUFFLE_TOKENS
     fvu = [h["fvu"] for h in training["history"]]
-    fve = _heldout_fve(out, prose["heldout"].read_text())
+    fve = _heldout_fve(out, prose["heldout"].read_text(), *hf_models[GEMMA])
     print(f"Gemma streamed SAE at {SAE_POINT}: held-out FVE {fve:.3f}, FVU first/last logged {fvu[0]:.3f}/{fvu[-1]:.3f}")
     assert fvu[-1] < 0.5 * fvu[0]
     assert fve > FVE_FLOOR_STREAM
@@ -109,12 +109,9 @@ class _Stop(Exception):
     pass
 
 
-def _heldout_fve(sae_dir: Path, text: str, n_contexts: int = 12, ctx_len: int = 128) -> float:
-    """1 - sum |x - x_hat|^2 / sum |x - mean x|^2 on held-out tokens, from plain transformers and the saved weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = model_source(GEMMA)[0]
-    hf, tok = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval(), AutoTokenizer.from_pretrained(path)
+def _heldout_fve(sae_dir: Path, text: str, hf, tok, n_contexts: int = 12, ctx_len: int = 128) -> float:
+    """1 - sum |x - x_hat|^2 / sum |x - mean x|^2 on held-out tokens, from plain transformers (`hf`, `tok`: Gemma's
+    model and tokenizer) and the saved weights."""
     raw = json.loads((sae_dir / "cfg.json").read_text())
     cfg = {**raw.get("metadata", {}), **raw}
     w = load_file(str(sae_dir / "sae_weights.safetensors"))
