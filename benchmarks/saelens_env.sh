@@ -15,15 +15,17 @@ if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && { [ -z "$LOCK" ] || [ "$(cat 
     exit 0
 fi
 "$PYTHON" -m venv "$VENV"
+# --no-compile: one test process and the benchmarks import SAELens from this venv, so byte-compiling
+# every installed module (about 40 s of CPU, while the main venv installs beside it) buys nothing.
 PIP="$VENV/bin/python -m pip -q --disable-pip-version-check"
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
-$PIP install torch==2.13.0
+$PIP install --no-compile torch==2.13.0
 if [ -n "$LOCK" ]; then
-    $PIP install --no-deps -r "$LOCK"
+    $PIP install --no-compile --no-deps -r "$LOCK"
     cksum <"$LOCK" >"$stamp"
 else
     # The newest 6.x that resolves; 6.54 is the version the file format was checked against.
-    $PIP install "sae-lens==6.54.*" || $PIP install "sae-lens>=6,<7"
+    $PIP install --no-compile "sae-lens==6.54.*" || $PIP install --no-compile "sae-lens>=6,<7"
     echo latest >"$stamp"
 fi
 echo "SAELens venv ready: $VENV ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("sae-lens", m.version("sae-lens"))'))"

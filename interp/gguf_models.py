@@ -19,8 +19,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -102,12 +104,38 @@ def _write_gguf(entry: EmbeddedModel, workdir: Path) -> Path:
         raise InterpError(f"the assembled GGUF of {entry.name} fails its SHA-256 check: {reinstall}") from exc
 
 
+@contextmanager
+def _one_reader_per_file() -> Iterator[None]:
+    """While open, `gguf.GGUFReader(path)` returns one reader per file.
+
+    transformers' GGUF loader builds a new reader for the config, the tokenizer and the weights, and
+    each parses every metadata field in Python: three times 26 s for Gemma 3's 262,144-token
+    vocabulary on one core. A reader only maps the file read-only, so one serves all three.
+    """
+    import gguf as gguf_py
+
+    original, readers = gguf_py.GGUFReader, {}
+
+    def reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf_py.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf_py.GGUFReader = original
+
+
 def _dequantize(entry: EmbeddedModel, gguf: Path, out: Path) -> None:
     """Load `gguf` through transformers' GGUF loader and save it as a plain float32 HF directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _one_reader_per_file():
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = quantized.config
     # A GGUF-flagged model refuses save_pretrained; a fresh model of the same class with the same
     # weights (LlamaForCausalLM, Gemma3ForCausalLM) saves fine, tied embeddings included.

@@ -12,10 +12,10 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import ClassifierTags, RegressorTags
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from interp.errors import InterpError
 from interp.readout import Pool, pool_tokens
+from probes.blas import one_blas_thread
 
 TASKS = ("classification", "regression")
 
@@ -114,7 +114,7 @@ class LinearProbe(BaseEstimator):
             model = Ridge(alpha=self.alpha, random_state=self.random_state)
             y = y.astype(np.float64)
         # Probe-sized solves run many small BLAS calls: extra threads only wait on each other (often 10x slower).
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             self.model_ = model.fit(Z, y)
         coef_std = np.atleast_2d(self.model_.coef_)
         scale = self.scaler_.scale_ if self.standardize else np.ones(feats.shape[1])

@@ -37,13 +37,13 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import NMF
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from interp import readout
 from interp.atomic import write_json, write_safetensors
 from interp.errors import InterpError
 from interp.manifest import make_manifest
 from interp.models import model_name
+from probes.blas import one_blas_thread
 from interp.readout import as_hook_manager
 from interp.reports import html_table, write_report
 from probes.cav import Target, resolve_target, target_gradients
@@ -122,7 +122,7 @@ class NMFConcepts(BaseEstimator, TransformerMixin):
             self.shift_ = X.min(0)
         Xp = self._to_nonneg(X)
         self.nmf_ = NMF(n_components=self.k, init=self.init, max_iter=self.max_iter, tol=self.tol, random_state=self.random_state)
-        with threadpool_limits(limits=1, user_api="blas"):  # small solves: extra threads only wait on each other
+        with one_blas_thread():  # small solves: extra threads only wait on each other
             S = self.nmf_.fit_transform(Xp)
         self.components_ = self.nmf_.components_
         raw = self._to_activation(self.components_, offset=False)
@@ -137,7 +137,7 @@ class NMFConcepts(BaseEstimator, TransformerMixin):
     def transform(self, X: Any) -> np.ndarray:
         """Concept scores `(n, k)` (non-negative) of activations `X` `(n, d)`, components held fixed."""
         check_is_fitted(self, "components_")
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             return self.nmf_.transform(self._to_nonneg(self._array(X)))
 
     def inverse_transform(self, S: Any) -> np.ndarray:

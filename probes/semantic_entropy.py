@@ -1,8 +1,8 @@
 """Semantic entropy (Farquhar et al., 2024) and semantic-entropy probes (Kossen et al., 2024).
 
-Semantic entropy. For each question, `N` answers are sampled (temperature > 0, one seed per
-sample) and grouped into meaning clusters by an equivalence relation: each answer joins the
-first cluster whose first member it is equivalent to, else opens a new one. This module uses
+Semantic entropy. For each question, `N` answers are sampled (temperature > 0, seeded, several
+questions in one batch) and grouped into meaning clusters by an equivalence relation: each answer
+joins the first cluster whose first member it is equivalent to, else opens a new one. This module uses
 the DISCRETE variant: cluster probabilities are cluster frequencies, `p_c = |c| / N`, and
 
     SE = - sum_c p_c log p_c        (natural log; 0 when every answer means the same,
@@ -50,7 +50,7 @@ from interp.manifest import make_manifest
 from interp.models import model_name
 from interp.readout import as_hook_manager
 from interp.reports import html_table, write_report
-from interp.steering import generate_ids
+from interp.steering import generate_batch_ids
 from probes.linear import LinearProbe
 
 Equivalence = Callable[[str, str], bool]
@@ -130,22 +130,30 @@ def sample_answers(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = False,
+    batch_size: int = 32,
 ) -> list[list[str]]:
-    """`n_samples` generations per prompt, as text (`interp.steering.generate_ids`).
+    """`n_samples` generations per prompt, as text (`interp.steering.generate_batch_ids`).
 
-    Prompt `q` sample `s` uses seed `seed + q * n_samples + s`: every draw is reproducible and no
-    two prompts share their random numbers.
+    Prompts are sampled together, as many whole prompts as fit in `batch_size` rows (at least one);
+    the group starting at prompt `q` draws from seed `seed + q`, so every draw is reproducible for
+    the same prompts, settings and batch size, and no two groups share their random numbers.
     """
     if temperature <= 0:
         raise InterpError(f"temperature {temperature}: semantic entropy needs sampling, use a temperature above 0 (e.g. 1.0)")
     if n_samples < 2:
         raise InterpError(f"n_samples={n_samples}: entropy needs at least 2 answers per question (5 to 10 is usual)")
     tok = model.tokenizer
+    per_group = max(1, batch_size // n_samples)
     out = []
-    for q, prompt in enumerate(tqdm(prompts, desc="sampling answers", disable=not progress, leave=False)):
-        ids = [generate_ids(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + q * n_samples + s)
-               for s in range(n_samples)]
-        out.append([tok.decode(i.tolist(), skip_special_tokens=True) for i in ids])
+    bar = tqdm(total=len(prompts), desc="sampling answers", disable=not progress, leave=False)
+    for q in range(0, len(prompts), per_group):
+        group = prompts[q : q + per_group]
+        ids = generate_batch_ids(model, [p for p in group for _ in range(n_samples)], max_new_tokens=max_new_tokens,
+                                 temperature=temperature, seed=seed + q)
+        out.extend([tok.decode(i.tolist(), skip_special_tokens=True) for i in ids[j * n_samples : (j + 1) * n_samples]]
+                   for j in range(len(group)))
+        bar.update(len(group))
+    bar.close()
     return out
 
 

@@ -5,7 +5,7 @@
 - `build`: from contrast sets (`mean_diff`, `pca_diff`, read through `interp.readout`), or any
   direction (`from_direction`: a probe or CAV normal, an SAE decoder row).
 - `steer`: the manifest check (`check_vector`), alpha units, `apply` (a context manager),
-  `generate` / `generate_ids`.
+  `generate` / `generate_ids` / `generate_batch_ids` (many prompts in one batch).
 - `texts`, `scorers`, `evaluation`, `report`: shipped texts, scorers that are not the vector,
   `evaluate` / `layer_sweep`, and their figures and HTML report.
 - `lineas`: LinEAS, per-dimension affine maps on several layers fitted end to end (`fit_lineas`,
@@ -24,7 +24,7 @@ Imports run one way: `vector` and `texts` import no other module here; `build` i
 
 from interp.steering.alignment import AlignedActivations, aligned_activations
 from interp.steering.build import from_direction, mean_diff, pca_diff, text_hash
-from interp.steering.evaluation import continuation_loss, evaluate, layer_sweep
+from interp.steering.evaluation import continuation_loss, continuation_losses, evaluate, layer_sweep
 from interp.steering.gguf_export import export_gguf, gguf_layers, import_gguf
 from interp.steering.lineas import LinEASMaps, apply_lineas, fit_lineas, is_lineas_folder
 from interp.steering.report import eval_figure, layer_sweep_figure, write_eval_report
@@ -35,6 +35,7 @@ from interp.steering.steer import (
     apply,
     check_vector,
     generate,
+    generate_batch_ids,
     generate_ids,
     reference_norms,
     scaled_directions,
@@ -47,8 +48,8 @@ __all__ = [
     "ALPHA_UNITS", "BUILTIN_PROMPTS", "DATA_DIR", "FORMAT", "POSITIONS", "VERSION",
     "ActivationMap", "AlignedActivations", "aligned_activations", "fit_affine", "fit_autoencoder", "fit_map", "transfer_vector",
     "LexiconScorer", "LinEASMaps", "ProbeScorer", "Scorer", "SteeringVector",
-    "apply", "apply_lineas", "check_vector", "continuation_loss", "eval_figure", "evaluate", "export_gguf",
-    "fit_lineas", "fit_sentiment_probe", "from_direction", "generate", "generate_ids", "gguf_layers",
+    "apply", "apply_lineas", "check_vector", "continuation_loss", "continuation_losses", "eval_figure", "evaluate", "export_gguf",
+    "fit_lineas", "fit_sentiment_probe", "from_direction", "generate", "generate_batch_ids", "generate_ids", "gguf_layers",
     "import_gguf", "is_lineas_folder", "layer_sweep", "layer_sweep_figure",
     "load_builtin_pairs", "load_labelled_texts", "mean_diff", "pca_diff", "read_texts", "reference_norms",
     "scaled_directions", "text_hash", "write_eval_report",

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import InterpError
 from interp.models import model_device
-from interp.steering.steer import generate_ids
+from interp.steering.steer import generate_batch_ids
 from interp.steering.scorers import LexiconScorer, Scorer
 from interp.steering.texts import BUILTIN_PROMPTS
 from interp.steering.vector import SteeringVector
@@ -19,22 +19,48 @@ from interp.steering.vector import SteeringVector
 
 def continuation_loss(model, prompt_ids: torch.Tensor, new_ids: torch.Tensor) -> float:
     """Mean next-token loss (nats) of `new_ids` `(n_new,)` after `prompt_ids` `(n_prompt,)`, unsteered."""
-    if new_ids.numel() == 0:
-        return float("nan")
-    tokens = torch.cat([prompt_ids.reshape(-1).cpu(), new_ids.reshape(-1).cpu()]).unsqueeze(0)
+    return continuation_losses(model, [prompt_ids], [new_ids])[0]
+
+
+def continuation_losses(model, prompt_ids: Sequence[torch.Tensor], new_ids: Sequence[torch.Tensor]) -> list[float]:
+    """`continuation_loss` of each (prompt, continuation) pair, all pairs in one unsteered forward.
+
+    The sequences are right-padded: under the causal mask no real token sees a pad, so each row's
+    losses are those of its sequence alone. An empty continuation has loss nan.
+    """
+    rows = [torch.cat([p.reshape(-1).cpu(), n.reshape(-1).cpu()]) for p, n in zip(prompt_ids, new_ids)]
+    if not rows:
+        return []
+    tokens = torch.zeros((len(rows), max(r.numel() for r in rows)), dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        tokens[i, : r.numel()] = r
     with torch.no_grad():
-        losses = model(tokens.to(model_device(model)), return_type="loss", loss_per_token=True)
-    return float(losses[0, -new_ids.numel():].mean())
+        logits = model(tokens.to(model_device(model)), return_type="logits").float()
+    out = []
+    for i, (r, n) in enumerate(zip(rows, new_ids)):
+        k, end = n.numel(), rows[i].numel()
+        if k == 0:
+            out.append(float("nan"))
+            continue
+        logp = torch.log_softmax(logits[i, end - k - 1 : end - 1], dim=-1)
+        out.append(float(-logp.gather(1, r[end - k :, None].to(logp.device)).mean()))
+    return out
 
 
 # ------------------------------------------------------------------- evaluation
-def _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, desc):
-    """Yield (alpha, prompt, seed, prompt_ids, new_ids) for every combination, steering per run."""
-    jobs = [(a, p, s) for a in alphas for p in prompts for s in seeds]
-    for a, p, s in tqdm(jobs, desc=desc, disable=not progress, leave=False):
-        prompt_ids = model.to_tokens(p, prepend_bos=True)[0].cpu()
-        new = generate_ids(model, prompt_ids, vector if a != 0 else None, a, seed=s, **gen_kwargs)
-        yield a, p, s, prompt_ids, new
+def _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, desc, batch_size):
+    """Yield (alpha, prompt, seed, prompt_ids, new_ids, loss) for every combination: per alpha and seed,
+    the prompts are generated in batches of `batch_size` (the same batches at every alpha, so the same
+    random numbers) and their continuations scored by the unsteered model in one forward."""
+    prompt_ids = [model.to_tokens(p, prepend_bos=True)[0].cpu() for p in prompts]
+    chunks = [range(i, min(i + batch_size, len(prompts))) for i in range(0, len(prompts), batch_size)]
+    jobs = [(a, s, c) for a in alphas for s in seeds for c in chunks]
+    for a, s, chunk in tqdm(jobs, desc=desc, disable=not progress, leave=False):
+        ids = [prompt_ids[i] for i in chunk]
+        new = generate_batch_ids(model, ids, vector if a != 0 else None, a, seed=s, **gen_kwargs)
+        losses = continuation_losses(model, ids, new)
+        for i, n, loss in zip(chunk, new, losses):
+            yield a, prompts[i], s, prompt_ids[i], n, loss
 
 
 def evaluate(
@@ -51,26 +77,31 @@ def evaluate(
     norm_preserve: bool = False,
     alpha_unit: str = "vector",
     progress: bool = True,
+    batch_size: int = 16,
 ) -> dict:
     """Generate after each prompt at each alpha (same seeds), score the continuations, measure fluency.
 
     Returns `{"curve": [{alpha, <scorer>: mean, <scorer>_by_seed: {seed: mean over prompts},
     fluency: mean loss}], "samples": [{prompt, seed,
     texts: {alpha: continuation}}], "settings": {...}}`. alpha 0 is the unsteered baseline.
+    Prompts are generated `batch_size` at a time (`generate_batch_ids`).
     """
+    if batch_size < 1:
+        raise InterpError(f"batch_size must be at least 1, got {batch_size}")
     scorers = scorers if scorers is not None else {"lexicon": LexiconScorer()}
     gen_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, positions=positions,
                       norm_preserve=norm_preserve, alpha_unit=alpha_unit)
     texts: dict[float, list[str]] = {a: [] for a in alphas}
     text_seeds: dict[float, list[int]] = {a: [] for a in alphas}
     losses: dict[float, list[float]] = {a: [] for a in alphas}
-    samples: dict[tuple[str, int], dict] = {}
-    for a, p, s, prompt_ids, new in _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, "steer eval"):
+    samples = {(p, s): {"prompt": p, "seed": s, "texts": {}} for p in prompts for s in seeds}  # prompt-major order
+    runs = _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, "steer eval", batch_size)
+    for a, p, s, _, new, loss in runs:
         text = model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
         texts[a].append(text)
         text_seeds[a].append(s)
-        losses[a].append(continuation_loss(model, prompt_ids, new))
-        samples.setdefault((p, s), {"prompt": p, "seed": s, "texts": {}})["texts"][str(a)] = text
+        losses[a].append(loss)
+        samples[(p, s)]["texts"][str(a)] = text
     curve = []
     for a in alphas:
         row = {"alpha": float(a)}
@@ -81,7 +112,8 @@ def evaluate(
         finite = [x for x in losses[a] if x == x]
         row["fluency_loss"] = sum(finite) / len(finite) if finite else float("nan")
         curve.append(row)
-    settings = {**gen_kwargs, "seeds": list(seeds), "alphas": [float(a) for a in alphas], "n_prompts": len(prompts)}
+    settings = {**gen_kwargs, "seeds": list(seeds), "alphas": [float(a) for a in alphas], "n_prompts": len(prompts),
+                "batch_size": batch_size}
     return {"curve": curve, "samples": list(samples.values()), "settings": settings}
 
 
@@ -101,6 +133,7 @@ def layer_sweep(
     temperature: float = 0.7,
     alpha_unit: str = "norm",
     progress: bool = True,
+    batch_size: int = 16,
 ) -> list[dict]:
     """How strongly steering at each point moves `scorer`, to pick a layer.
 
@@ -116,9 +149,9 @@ def layer_sweep(
     gen_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, alpha_unit=alpha_unit)
     for point, vec in vectors.items():
         by_alpha: dict[float, tuple[list[str], list[float]]] = {a: ([], []) for a in alphas}
-        for a, _, _, prompt_ids, new in _steered_runs(model, vec, prompts, alphas, seeds, gen_kwargs, progress, point):
+        for a, _, _, _, new, loss in _steered_runs(model, vec, prompts, alphas, seeds, gen_kwargs, progress, point, batch_size):
             by_alpha[a][0].append(model.tokenizer.decode(new.tolist(), skip_special_tokens=True))
-            by_alpha[a][1].append(continuation_loss(model, prompt_ids, new))
+            by_alpha[a][1].append(loss)
         point_rows = []
         for a, (txts, loss) in by_alpha.items():
             vals = scorer(txts)

@@ -88,9 +88,34 @@ def apply(
         yield
 
 
-def generate_ids(
+def _stop_ids(model) -> set[int]:
+    """The token ids `model.generate` stops a row at (the bridge's own choice: cfg, else the tokenizer's EOS)."""
+    eos = getattr(model.cfg, "eos_token_id", None)
+    if eos is None and getattr(model, "tokenizer", None) is not None:
+        eos = model.tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+
+
+def _left_padded(model, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`rows` of token ids, left-padded into `(batch, longest)`, and the 0/1 attention mask (None: no padding)."""
+    longest = max(r.numel() for r in rows)
+    if all(r.numel() == longest for r in rows):
+        return torch.stack(rows), None
+    tok = getattr(model, "tokenizer", None)
+    pad = next((i for i in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)) if i is not None), 0)
+    tokens = torch.full((len(rows), longest), int(pad), dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, longest - r.numel():] = r
+        mask[i, longest - r.numel():] = 1
+    return tokens, mask
+
+
+def generate_batch_ids(
     model,
-    prompt: str | torch.Tensor,
+    prompts: Sequence[str | torch.Tensor],
     vector: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] = 0.0,
     max_new_tokens: int = 30,
@@ -102,30 +127,58 @@ def generate_ids(
     norm_preserve: bool = False,
     alpha_unit: str = "vector",
     kv_cache: bool | None = None,
-) -> torch.Tensor:
-    """The new token ids `(n_new,)` generated after `prompt` (`temperature=0` is greedy).
+) -> list[torch.Tensor]:
+    """The new token ids `(n_new,)` after each prompt, all prompts generated together (`temperature=0` is greedy).
+
+    Prompts of different lengths are left-padded and masked, so each row continues its own prompt
+    as it would alone (the same tokens when greedy, up to float rounding); a row ends at its first
+    end-of-sequence token (kept, as a single generation keeps it). Sampled rows draw from one
+    random stream for the batch: the same prompts with the same seed draw the same numbers, so
+    steered and unsteered batches differ only through the steering.
 
     `kv_cache=None` uses the KV cache where `interp.generation.kv_cache_works` finds it right for
     this model; False never uses it (slower; the same tokens where the cache is right).
-
-    `torch.manual_seed(seed)` runs before generation, so steered and unsteered runs with the same
-    seed draw the same random numbers and differ only through the steering.
+    `torch.manual_seed(seed)` runs before generation.
     """
     if max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
         raise InterpError("bad sampling settings: temperature >= 0, 0 < top_p <= 1, top_k >= 1")
-    tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt, prepend_bos=True)
-    tokens = tokens.reshape(1, -1).to(model_device(model))
+    if not prompts:
+        return []
+    rows = [(p if isinstance(p, torch.Tensor) else model.to_tokens(p, prepend_bos=True)).reshape(-1).cpu() for p in prompts]
+    tokens, mask = _left_padded(model, rows)
+    device = model_device(model)
     greedy = temperature == 0
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=1.0 if greedy else temperature,
-                  top_k=top_k, top_p=top_p, use_past_kv_cache=kv_cache is not False and kv_cache_works(model), verbose=False, return_type="tokens")
+                  top_k=top_k, top_p=top_p, use_past_kv_cache=kv_cache is not False and kv_cache_works(model), verbose=False,
+                  return_type="tokens")
+    if mask is not None:
+        kwargs["attention_mask"] = mask.to(device)
     torch.manual_seed(seed)
     with torch.no_grad(), ExitStack() as stack:
         if vector is not None:
             stack.enter_context(apply(model, vector, alpha, positions, norm_preserve, alpha_unit))
-        out = model.generate(tokens, **kwargs)
-    return out[0, tokens.shape[1]:].cpu()
+        out = model.generate(tokens.to(device), **kwargs)
+    new = out[:, tokens.shape[1]:].cpu()
+    stops = _stop_ids(model)
+    result = []
+    for row in new:
+        ends = [i for i, t in enumerate(row.tolist()) if t in stops]
+        result.append(row[: ends[0] + 1] if ends else row)
+    return result
+
+
+def generate_ids(model, prompt: str | torch.Tensor, vector: SteeringVector | Sequence[SteeringVector] | None = None,
+                 alpha: float | Sequence[float] = 0.0, **kwargs) -> torch.Tensor:
+    """The new token ids `(n_new,)` generated after one `prompt` (`temperature=0` is greedy).
+
+    Keyword arguments are those of `generate_batch_ids` (max_new_tokens, temperature, top_k, top_p,
+    seed, positions, norm_preserve, alpha_unit, kv_cache). `torch.manual_seed(seed)` runs before
+    generation, so steered and unsteered runs with the same seed draw the same random numbers and
+    differ only through the steering.
+    """
+    return generate_batch_ids(model, [prompt], vector, alpha, **kwargs)[0]
 
 
 def generate(model, prompt: str, vector: SteeringVector | Sequence[SteeringVector] | None = None,

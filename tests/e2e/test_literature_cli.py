@@ -71,10 +71,10 @@ def test_concepts_nmf_on_mlp_hidden_units(tmp_path, class_inputs):
 
 
 def test_probe_semantic_entropy(tmp_path):
-    # ~69-76 s (48 samples of 8 tokens). 8 easy + 8 obscure shipped questions at temperature 0.5. Measured: entropies
-    # 0 (3 questions), 0.637 (5) and ln 3 = 1.099 (8); best split at 0.318, 13 high / 3 low; out-of-fold AUROC 0.795 at
-    # layer 9 and 0.641 at layer 18 (permutation p 0.14 and 0.19: 16 questions are too few to call it).
-    # At temperature 1.0 the answers are mostly noise (14 of 16 at ln 3) and the high/low split is one-sided.
+    # ~21 s (48 samples of 8 tokens in two batches). 8 easy + 8 obscure shipped questions at temperature 0.5. Measured:
+    # entropies 0 (4 questions), 0.637 (6) and ln 3 = 1.099 (6); best split at 0.318, 12 high / 4 low; out-of-fold AUROC
+    # 0.708 at layer 9 and 0.667 at layer 18 (permutation p 0.38 and 0.24: 16 questions are too few to call it).
+    # At temperature 1.0 the answers are mostly noise (13 of 16 at ln 3) and the high/low split is 14 / 2.
     rows = [json.loads(line) for line in builtin_dataset_path("questions.jsonl").read_text().splitlines() if line.strip()]
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows[:8] + rows[40:48]))

@@ -85,3 +85,30 @@ def test_two_processes_asking_for_an_embedded_model_convert_it_once(tmp_path, mo
         t.join()
     assert len(calls) == 1 and found == [tmp_path / "models" / entry.name] * 2
     assert (found[0] / "model.safetensors").exists()
+
+
+def test_the_gguf_loader_parses_each_file_once_while_converting(tmp_path):
+    """transformers builds a GGUFReader for the config, the tokenizer and the weights; during the conversion
+    they share one per file (same fields and tensors as a reader of its own), and the class is restored after."""
+    import gguf
+    import numpy as np
+
+    from interp import gguf_models
+
+    path = tmp_path / "x.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("test.answer", 42)
+    writer.add_array("test.vocab", ["a", "b", "c"])
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with gguf_models._one_reader_per_file():
+        first, second, other = gguf.GGUFReader(path), gguf.GGUFReader(str(path)), gguf.GGUFReader(path, "c")
+        assert first is second and other is not first
+    assert gguf.GGUFReader is original
+    alone = original(path)
+    assert first.fields.keys() == alone.fields.keys() and int(first.fields["test.answer"].parts[-1][0]) == 42
+    np.testing.assert_array_equal(first.tensors[0].data, alone.tensors[0].data)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interp import HookManager, InterpError, readout
+from interp import HookManager, InterpError, load_model, readout
 from interp.readout import texts_fingerprint
 from interp import steering as st
 se = st  # the evaluation functions live in the same package
@@ -240,21 +240,46 @@ def test_lexicon_scorer_numbers(tmp_path):
 
 
 def test_evaluate_baseline_matches_plain_generation(tiny_model, vec):
-    prompts = ["The cat", "Paris is"]
+    prompts = ["The cat", "Paris is the capital of"]  # different lengths: the batch is padded
     res = se.evaluate(tiny_model, vec, prompts, alphas=[-1.0, 0.0, 1.0], seeds=[0, 1], max_new_tokens=6, progress=False)
-    texts = [st.generate(tiny_model, p, None, max_new_tokens=6, seed=s) for p in prompts for s in (0, 1)]
+    by_seed = {s: st.generate_batch_ids(tiny_model, prompts, None, max_new_tokens=6, seed=s) for s in (0, 1)}
+    ids = [by_seed[s][i] for i in range(len(prompts)) for s in (0, 1)]
+    texts = [tiny_model.tokenizer.decode(i.tolist(), skip_special_tokens=True) for i in ids]
     row0 = next(r for r in res["curve"] if r["alpha"] == 0.0)
     assert row0["lexicon"] == pytest.approx(np.mean(se.LexiconScorer()(texts)))
-    losses = []
-    for p in prompts:
-        for s in (0, 1):
-            ids = st.generate_ids(tiny_model, p, None, max_new_tokens=6, seed=s)
-            full = torch.cat([tiny_model.to_tokens(p)[0], ids]).unsqueeze(0)
-            logp = torch.log_softmax(tiny_model(full)[0, :-1], -1)
-            n = ids.numel()
-            losses.append(float(-logp[-n:].gather(1, full[0, -n:, None]).mean()))
+    losses = []  # each continuation scored alone, unpadded
+    for (p, _), new in zip([(p, s) for p in prompts for s in (0, 1)], ids):
+        full = torch.cat([tiny_model.to_tokens(p)[0], new]).unsqueeze(0)
+        logp = torch.log_softmax(tiny_model(full)[0, :-1], -1)
+        n = new.numel()
+        losses.append(float(-logp[-n:].gather(1, full[0, -n:, None]).mean()))
     assert row0["fluency_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
     assert [s["texts"]["0.0"] for s in res["samples"]] == texts
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_generation_continues_each_prompt_as_alone(arch, tiny_llama_dir, tiny_gpt2_dir):
+    """Left padding plus the mask: greedy rows equal each prompt generated on its own (positions, attention),
+    and steering a batch steers every row as it steers the prompt alone."""
+    model = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir), device="cpu")
+    prompts = ["The cat", "Paris is the capital of a country that", "Hi", "Yesterday the weather was"]
+    batch = st.generate_batch_ids(model, prompts, max_new_tokens=8, temperature=0)
+    assert [b.tolist() for b in batch] == [st.generate_ids(model, p, max_new_tokens=8, temperature=0).tolist() for p in prompts]
+    pos, neg = se.load_builtin_pairs()
+    v = st.mean_diff(model, pos[:8], neg[:8], "blocks.1.hook_resid_post", progress=False).normalized()
+    steered = st.generate_batch_ids(model, prompts, v, 30.0, max_new_tokens=8, temperature=0)
+    assert [b.tolist() for b in steered] == [st.generate_ids(model, p, v, 30.0, max_new_tokens=8, temperature=0).tolist()
+                                             for p in prompts]
+    assert [b.tolist() for b in steered] != [b.tolist() for b in batch]
+
+
+def test_continuation_losses_of_a_batch_equal_each_alone(tiny_model):
+    prompts = [tiny_model.to_tokens(p)[0] for p in ["The cat", "Paris is the capital of a country that"]]
+    new = [torch.tensor([5, 9, 11]), torch.tensor([7])]
+    together = se.continuation_losses(tiny_model, prompts, new)
+    alone = [se.continuation_loss(tiny_model, p, n) for p, n in zip(prompts, new)]
+    assert together == pytest.approx(alone, rel=1e-5)
+    assert np.isnan(se.continuation_losses(tiny_model, prompts[:1], [torch.tensor([], dtype=torch.long)])[0])
 
 
 def test_probe_scorer_leaves_build_texts_out(tiny_model, tmp_path):

@@ -103,11 +103,11 @@ def test_probe_semantic_entropy_matches_the_api(capsys, tiny_llama_dir, tiny_mod
     qfile, out = tmp_path / "q.jsonl", tmp_path / "sep"
     qfile.write_text("".join(json.dumps({"question": q, "id": i}) + "\n" for i, q in enumerate(QUESTIONS)))
     code, stdout, err = run(capsys, "probe", "--target", "semantic-entropy", "--questions", qfile, "--model", tiny_llama_dir,
-                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
+                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "1", "--temperature", "1.5",
                             "--task", "regression", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
-    direct = semantic_entropy_probe(tiny_model, str(qfile), points="resid_post:1-2", n_samples=3, max_new_tokens=2,
+    direct = semantic_entropy_probe(tiny_model, str(qfile), points="resid_post:1-2", n_samples=3, max_new_tokens=1,
                                     temperature=1.5, task="regression")
     assert [q["entropy"] for q in res["questions"]] == pytest.approx([q["entropy"] for q in direct["questions"]])
     assert [q["id"] for q in res["questions"]] == list(range(8))  # the file's other fields are kept
@@ -116,11 +116,11 @@ def test_probe_semantic_entropy_matches_the_api(capsys, tiny_llama_dir, tiny_mod
         assert res["per_point"][p]["r2"] == pytest.approx(direct["per_point"][p]["r2"], nan_ok=True)
     assert "semantic-entropy probe: 8 questions x 3 answers" in stdout and "plotly" in (out / "report.html").read_text()
     code, stdout, err = run(capsys, "probe", "--target", "semantic-entropy", "--questions", qfile, "--model", tiny_llama_dir,
-                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "2", "--temperature", "1.5",
+                            "--hooks", "resid_post:1-2", "--samples", "3", "--max-new-tokens", "1", "--temperature", "1.5",
                             "--threshold", "median", "--out", out)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
-    direct = semantic_entropy_probe(tiny_model, str(qfile), points="resid_post:1-2", n_samples=3, max_new_tokens=2,
+    direct = semantic_entropy_probe(tiny_model, str(qfile), points="resid_post:1-2", n_samples=3, max_new_tokens=1,
                                     temperature=1.5, threshold="median")
     assert res["threshold_rule"] == "median" and res["labels"] == direct["labels"] and 0 < sum(res["labels"]) < 8
     for p in res["points"]:
