@@ -62,6 +62,13 @@ def as_hook_manager(model_or_hm: Any) -> HookManager:
 
 
 # ---------------------------------------------------------------------- tokenising
+def pad_id(tokenizer: Any) -> int:
+    """The id that fills padded positions (masked or after the end, so never read): the tokenizer's
+    pad token, else its EOS token, else 0."""
+    ids = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+    return int(next((i for i in ids if i is not None), 0))
+
+
 def tokenize(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """BOS + tokens of each text, right-padded.
 
@@ -79,8 +86,7 @@ def tokenize(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tens
     if empty:
         raise InterpError(f"text {empty[0]} ({texts[empty[0]]!r}) has no tokens: remove empty texts ({len(empty)} in all)")
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
-    tokens = torch.full((len(rows), int(lengths.max())), int(pad), dtype=torch.long)
+    tokens = torch.full((len(rows), int(lengths.max())), pad_id(tok), dtype=torch.long)
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = torch.tensor(row)
     return tokens, lengths

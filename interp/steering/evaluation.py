@@ -38,7 +38,7 @@ def continuation_losses(model, prompt_ids: Sequence[torch.Tensor], new_ids: Sequ
         logits = model(tokens.to(model_device(model)), return_type="logits").float()
     out = []
     for i, (r, n) in enumerate(zip(rows, new_ids)):
-        k, end = n.numel(), rows[i].numel()
+        k, end = n.numel(), r.numel()
         if k == 0:
             out.append(float("nan"))
             continue
@@ -49,7 +49,7 @@ def continuation_losses(model, prompt_ids: Sequence[torch.Tensor], new_ids: Sequ
 
 # ------------------------------------------------------------------- evaluation
 def _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, desc, batch_size):
-    """Yield (alpha, prompt, seed, prompt_ids, new_ids, loss) for every combination: per alpha and seed,
+    """Yield (alpha, prompt, seed, new_ids, loss) for every combination: per alpha and seed,
     the prompts are generated in batches of `batch_size` (the same batches at every alpha, so the same
     random numbers) and their continuations scored by the unsteered model in one forward."""
     prompt_ids = [model.to_tokens(p, prepend_bos=True)[0].cpu() for p in prompts]
@@ -60,7 +60,7 @@ def _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, d
         new = generate_batch_ids(model, ids, vector if a != 0 else None, a, seed=s, **gen_kwargs)
         losses = continuation_losses(model, ids, new)
         for i, n, loss in zip(chunk, new, losses):
-            yield a, prompts[i], s, prompt_ids[i], n, loss
+            yield a, prompts[i], s, n, loss
 
 
 def evaluate(
@@ -96,7 +96,7 @@ def evaluate(
     losses: dict[float, list[float]] = {a: [] for a in alphas}
     samples = {(p, s): {"prompt": p, "seed": s, "texts": {}} for p in prompts for s in seeds}  # prompt-major order
     runs = _steered_runs(model, vector, prompts, alphas, seeds, gen_kwargs, progress, "steer eval", batch_size)
-    for a, p, s, _, new, loss in runs:
+    for a, p, s, new, loss in runs:
         text = model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
         texts[a].append(text)
         text_seeds[a].append(s)
@@ -149,7 +149,7 @@ def layer_sweep(
     gen_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, alpha_unit=alpha_unit)
     for point, vec in vectors.items():
         by_alpha: dict[float, tuple[list[str], list[float]]] = {a: ([], []) for a in alphas}
-        for a, _, _, _, new, loss in _steered_runs(model, vec, prompts, alphas, seeds, gen_kwargs, progress, point, batch_size):
+        for a, _, _, new, loss in _steered_runs(model, vec, prompts, alphas, seeds, gen_kwargs, progress, point, batch_size):
             by_alpha[a][0].append(model.tokenizer.decode(new.tolist(), skip_special_tokens=True))
             by_alpha[a][1].append(loss)
         point_rows = []

@@ -103,9 +103,7 @@ def _left_padded(model, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     longest = max(r.numel() for r in rows)
     if all(r.numel() == longest for r in rows):
         return torch.stack(rows), None
-    tok = getattr(model, "tokenizer", None)
-    pad = next((i for i in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)) if i is not None), 0)
-    tokens = torch.full((len(rows), longest), int(pad), dtype=rows[0].dtype)
+    tokens = torch.full((len(rows), longest), readout.pad_id(getattr(model, "tokenizer", None)), dtype=rows[0].dtype)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, r in enumerate(rows):
         tokens[i, longest - r.numel():] = r
